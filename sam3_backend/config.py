@@ -1,0 +1,120 @@
+"""One frozen settings object, built from defaults and the environment in ``Settings.from_env``.
+
+Variable names follow the label-studio-ml 2.x framework where it has one (LABEL_STUDIO_URL,
+LABEL_STUDIO_API_KEY, BASIC_AUTH_USER/PASS, MODEL_DIR, WORKERS, THREADS, LOG_LEVEL); the rest
+are prefixed SAM3_ or MEDIA_.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from .errors import BadRequest
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Label Studio connection (the /setup call can also supply hostname and token).
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    # Artifacts and model.
+    model_dir: Path = Path("model")
+    sam3_model: str = "facebook/sam3"
+    hf_token: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    # Prediction.
+    score_threshold: float = 0.5
+    max_instances: int = 100  # per label per image
+    prelabel_batch_size: int = 4  # images per concept-model forward
+    polygon_tolerance: float = 1.0  # pixels, Douglas-Peucker simplification
+    # Caches.
+    feature_cache_mb: int = 1024
+    media_cache_mb: int = 2048
+    # Media fetching: not an open proxy.
+    media_allowed_hosts: tuple[str, ...] = ()
+    media_allow_any_host: bool = False
+    media_max_bytes: int = 100 * 1024 * 1024
+    media_timeout: float = 30.0
+    # Serving.
+    host: str = "0.0.0.0"
+    port: int = 9090
+    workers: int = 1
+    threads: int = 8
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Defaults, then the environment, then explicit overrides (tests, CLI flags)."""
+        env = os.environ if env is None else env
+        parsers = {
+            "label_studio_url": ("LABEL_STUDIO_URL", lambda v: v.rstrip("/") or None),
+            "label_studio_api_key": ("LABEL_STUDIO_API_KEY", str),
+            "basic_auth_user": ("BASIC_AUTH_USER", str),
+            "basic_auth_pass": ("BASIC_AUTH_PASS", str),
+            "model_dir": ("MODEL_DIR", Path),
+            "sam3_model": ("SAM3_MODEL", str),
+            "hf_token": ("HF_TOKEN", str),
+            "device": ("SAM3_DEVICE", str),
+            "dtype": ("SAM3_DTYPE", str),
+            "score_threshold": ("SAM3_SCORE_THRESHOLD", float),
+            "max_instances": ("SAM3_MAX_INSTANCES", int),
+            "prelabel_batch_size": ("SAM3_PRELABEL_BATCH_SIZE", int),
+            "polygon_tolerance": ("SAM3_POLYGON_TOLERANCE", float),
+            "feature_cache_mb": ("SAM3_FEATURE_CACHE_MB", int),
+            "media_cache_mb": ("MEDIA_CACHE_MB", int),
+            "media_allowed_hosts": ("MEDIA_ALLOWED_HOSTS", _csv),
+            "media_allow_any_host": ("MEDIA_ALLOW_ANY_HOST", _bool),
+            "media_max_bytes": ("MEDIA_MAX_BYTES", int),
+            "media_timeout": ("MEDIA_TIMEOUT", float),
+            "host": ("HOST", str),
+            "port": ("PORT", int),
+            "workers": ("WORKERS", int),
+            "threads": ("THREADS", int),
+            "log_level": ("LOG_LEVEL", lambda v: v.upper()),
+        }
+        values = {}
+        for attr, (name, parse) in parsers.items():
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[attr] = parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"environment variable {name}={raw!r} is invalid: {exc}") from exc
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError("SAM3_SCORE_THRESHOLD must be between 0 and 1")
+        if self.prelabel_batch_size < 1:
+            raise ValueError("SAM3_PRELABEL_BATCH_SIZE must be at least 1")
+        if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+
+    def with_overrides(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def media_cache_dir(self) -> Path:
+        return self.model_dir / "media-cache"
+
+
+__all__ = ["Settings", "BadRequest"]

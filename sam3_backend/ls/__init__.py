@@ -1,0 +1,1 @@
+"""The Label Studio side: protocol, label config, prompts, result encoding, media. Never imports torch."""

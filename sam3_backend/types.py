@@ -1,0 +1,99 @@
+"""Torch-free values that cross the boundary between the Label Studio side and the engine.
+
+Coordinates: everything here is in **pixels of the original image**, origin top-left,
+x to the right, y down; boxes are XYXY. Conversions from Label Studio's percentages live in
+``ls/geometry.py``; conversions to SAM 3's normalised boxes live in the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Point:
+    """A click at (x, y) pixels; ``positive=False`` marks background (Alt-click in Label Studio)."""
+
+    x: float
+    y: float
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box (x0, y0, x1, y1) in pixels, x0 < x1 and y0 < y1."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    positive: bool = True
+
+    def contains(self, p: Point) -> bool:
+        return self.x0 <= p.x <= self.x1 and self.y0 <= p.y <= self.y1
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Decoded RGB pixels (H, W, 3) uint8 plus a content key (hash of the media bytes).
+
+    The key lets the engine reuse vision features across requests on the same image without
+    hashing megabytes of pixels again.
+    """
+
+    pixels: np.ndarray
+    key: str
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+@dataclass(frozen=True)
+class GeometryPrompt:
+    """Points and/or boxes that describe ONE object (SAM-style interactive segmentation)."""
+
+    points: tuple[Point, ...] = ()
+    box: Box | None = None
+
+
+@dataclass(frozen=True)
+class ConceptPrompt:
+    """A SAM 3 concept: a noun phrase, optionally with exemplar boxes (positive or negative).
+
+    With ``text=None`` the exemplar boxes alone define the concept.
+    """
+
+    text: str | None
+    exemplars: tuple[Box, ...] = ()
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One segmented object.
+
+    mask: (H, W) bool at the original image size. box: XYXY pixels, the mask's tight box when
+    the mask is non-empty. score: model confidence in [0, 1]. ``prompt_index`` says which
+    prompt of the request produced it (index into the request's prompt list).
+    """
+
+    mask: np.ndarray
+    score: float
+    box: tuple[float, float, float, float]
+    prompt_index: int = 0
+
+
+@dataclass
+class EngineStats:
+    """Counters the engine exposes for /metrics and tests."""
+
+    vision_encoder_calls: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
