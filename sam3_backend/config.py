@@ -49,6 +49,7 @@ class Settings:
     media_allow_any_host: bool = False
     media_max_bytes: int = 100 * 1024 * 1024
     media_timeout: float = 30.0
+    media_local_dirs: tuple[Path, ...] = ()  # local paths in tasks are read only under these
     # Serving.
     host: str = "0.0.0.0"
     port: int = 9090
@@ -81,6 +82,7 @@ class Settings:
             "media_allow_any_host": ("MEDIA_ALLOW_ANY_HOST", _bool),
             "media_max_bytes": ("MEDIA_MAX_BYTES", int),
             "media_timeout": ("MEDIA_TIMEOUT", float),
+            "media_local_dirs": ("MEDIA_LOCAL_DIRS", lambda v: tuple(Path(p) for p in _csv(v))),
             "host": ("HOST", str),
             "port": ("PORT", int),
             "workers": ("WORKERS", int),
@@ -100,6 +102,9 @@ class Settings:
         settings = cls(**values)
         settings.validate()
         return settings
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_dir", Path(self.model_dir))
 
     def validate(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:

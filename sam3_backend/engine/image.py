@@ -114,7 +114,7 @@ class Sam3ImageEngine:
     def _pixel_values(self, images: Sequence[ImageInput]) -> torch.Tensor:
         processor = self.model.processor.image_processor
         with self._stage("preprocess"):
-            batch = processor(images=[im.pixels for im in images], return_tensors="pt", device=self.device)
+            batch = processor(images=[im.pixels if im.pixels.flags.writeable else im.pixels.copy() for im in images], return_tensors="pt", device=self.device)
             return batch["pixel_values"].to(self.device, self.dtype)
 
     def _backbone(self, images: Sequence[ImageInput]) -> list[torch.Tensor]:

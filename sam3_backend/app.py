@@ -1,0 +1,170 @@
+"""``create_app``: the Flask app speaking Label Studio's ML-backend protocol.
+
+Nothing heavy happens at import. The model loads in a background thread (or is injected by
+tests); ``/health`` says 503 until it is ready, so Label Studio never talks to a half-loaded
+backend. Domain errors become HTTP responses in exactly one place (``_handle_error``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+import traceback
+from typing import Callable
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from . import __version__
+from .config import Settings
+from .errors import BackendError, BadRequest, EngineNotReady
+from .ls.media import MediaFetcher
+from .service import NotReadyEngine, PredictionService
+
+log = logging.getLogger(__name__)
+
+
+def _default_engine_factory(settings: Settings):
+    from .engine.image import Sam3ImageEngine
+    from .engine.loading import ModelSource, load_sam3
+
+    loaded = load_sam3(ModelSource(settings.sam3_model, token=settings.hf_token), settings.device, settings.dtype)
+    return Sam3ImageEngine(loaded, feature_cache_bytes=settings.feature_cache_mb * 1024 * 1024)
+
+
+class EngineHolder:
+    """Owns the engine's lifecycle: loading → ready | failed."""
+
+    def __init__(self, settings: Settings, engine=None, factory: Callable | None = None):
+        self.state = "ready" if engine is not None else "loading"
+        self.error: str | None = None
+        self.engine = engine if engine is not None else NotReadyEngine()
+        self._factory = factory or _default_engine_factory
+        self._settings = settings
+
+    def start(self, background: bool = True) -> None:
+        if self.state == "ready":
+            return
+        if background:
+            threading.Thread(target=self._load, name="sam3-load", daemon=True).start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.engine = self._factory(self._settings)
+            self.state = "ready"
+            log.info("model ready in %.1f s: %s", time.perf_counter() - started, self.engine.model_version)
+        except Exception as exc:  # reported on /health and every request, never swallowed
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.engine = NotReadyEngine(f"the SAM 3 model failed to load: {self.error}")
+            log.error("model failed to load: %s", self.error)
+
+
+def create_app(settings: Settings | None = None, engine=None, *, engine_factory: Callable | None = None,
+               load_in_background: bool = True) -> Flask:
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask("sam3_backend")
+    app.config["JSON_SORT_KEYS"] = False
+    holder = EngineHolder(settings, engine, engine_factory)
+    fetcher = MediaFetcher(settings)
+    service = PredictionService(settings, holder.engine, fetcher)
+    app.extensions["sam3"] = {"holder": holder, "service": service, "settings": settings}
+    started_at = time.time()
+
+    def current_service() -> PredictionService:
+        service.engine = holder.engine  # swapped in once loading finishes
+        return service
+
+    @app.before_request
+    def _auth():
+        if settings.basic_auth_user is None:
+            return None
+        auth = request.authorization
+        ok = (
+            auth is not None
+            and hmac.compare_digest(auth.username or "", settings.basic_auth_user)
+            and hmac.compare_digest(auth.password or "", settings.basic_auth_pass or "")
+        )
+        if not ok:
+            return Response(
+                '{"error": "basic auth required: set the backend\'s user and password in Label Studio"}',
+                401, {"WWW-Authenticate": 'Basic realm="sam3-backend"', "Content-Type": "application/json"},
+            )
+        return None
+
+    def _json_body():
+        body = request.get_json(silent=True)
+        if body is None:
+            raise BadRequest("the request body must be valid JSON (Content-Type: application/json)")
+        return body
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        engine = holder.engine
+        body = {
+            "status": {"ready": "UP", "loading": "LOADING", "failed": "ERROR"}[holder.state],
+            "model_class": "SAM3",
+            "backend_version": __version__,
+        }
+        if holder.state == "ready":
+            body["model_version"] = engine.model_version
+            body["test_model"] = bool(engine.is_test_model)
+        if holder.error:
+            body["error"] = holder.error
+        return jsonify(body), (200 if holder.state == "ready" else 503)
+
+    @app.post("/setup")
+    def setup():
+        return jsonify(current_service().setup(_json_body()))
+
+    @app.post("/predict")
+    def predict():
+        return jsonify(current_service().predict(_json_body()))
+
+    @app.post("/webhook")
+    def webhook():
+        return jsonify(current_service().webhook(_json_body())), 201
+
+    @app.get("/versions")
+    def versions():
+        svc = current_service()
+        try:
+            versions = [svc.engine.model_version]
+        except EngineNotReady:
+            versions = []
+        return jsonify({"versions": versions, "model_dir": str(settings.model_dir)})
+
+    @app.get("/metrics")
+    def metrics():
+        svc = current_service()
+        engine = svc.engine
+        body = {
+            "uptime_seconds": round(time.time() - started_at, 1),
+            "model_state": holder.state,
+            "service": vars(svc.metrics),
+            "engine": vars(engine.stats),
+            "media": vars(fetcher.stats) if hasattr(fetcher, "stats") else {},
+        }
+        if hasattr(engine, "features"):
+            body["feature_cache"] = vars(engine.features.stats())
+        return jsonify(body)
+
+    @app.errorhandler(Exception)
+    def _handle_error(exc: Exception):
+        if isinstance(exc, BackendError):
+            if exc.status >= 500:
+                log.error("%s: %s", type(exc).__name__, exc)
+            return jsonify({"error": str(exc), "type": type(exc).__name__}), exc.status
+        if isinstance(exc, HTTPException):
+            return jsonify({"error": exc.description, "type": type(exc).__name__}), exc.code
+        log.error("unhandled error on %s %s\n%s", request.method, request.path, traceback.format_exc())
+        return jsonify({"error": "internal error; see the backend log", "type": "InternalError"}), 500
+
+    holder.start(background=load_in_background)
+    return app

@@ -1,0 +1,152 @@
+"""``sam3-backend``: serve (gunicorn), predict (one image, no Label Studio), tiny-model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "workers": args.workers,
+                                    "threads": args.threads}.items() if v is not None}
+    settings = Settings.from_env(**overrides)
+    if args.dev:
+        from .app import create_app
+
+        create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
+        return 0
+    from gunicorn.app.base import BaseApplication
+
+    class _Gunicorn(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("threads", settings.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 600)  # a large prelabel batch on CPU can take minutes
+            self.cfg.set("loglevel", settings.log_level.lower())
+            self.cfg.set("accesslog", "-")
+
+        def load(self):
+            from .app import create_app
+
+            return create_app(settings)  # in the worker: each worker loads its own model
+
+    _Gunicorn().run()
+    return 0
+
+
+def _parse_floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--{what} {text!r}: expected comma-separated numbers") from None
+    if len(values) not in n:
+        raise SystemExit(f"--{what} {text!r}: expected {' or '.join(map(str, n))} numbers")
+    return values
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .engine.image import Sam3ImageEngine
+    from .engine.loading import ModelSource, load_sam3
+    from .ls.media import load_image
+    from .types import Box, ConceptPrompt, GeometryPrompt, Point
+
+    settings = Settings.from_env()
+    image = load_image(Path(args.image).read_bytes())
+    points = []
+    for p in args.point or []:
+        v = _parse_floats(p, (2, 3), "point")
+        points.append(Point(v[0], v[1], positive=len(v) == 2 or v[2] != 0))
+    boxes = [Box(*_parse_floats(b, (4,), "box")) for b in args.box or []]
+    for b in boxes:
+        if not (b.x0 < b.x1 and b.y0 < b.y1):
+            raise SystemExit(f"--box {b}: needs X0 < X1 and Y0 < Y1")
+    if not (args.text or points or boxes):
+        raise SystemExit("give at least one prompt: --text, --point or --box")
+    engine = Sam3ImageEngine(load_sam3(ModelSource(settings.sam3_model, token=settings.hf_token),
+                                       settings.device, settings.dtype))
+    threshold = settings.score_threshold if args.threshold is None else args.threshold
+    if args.text:
+        instances = engine.segment_concepts([image], [ConceptPrompt(args.text, tuple(boxes))],
+                                            threshold=threshold, max_instances=settings.max_instances)[0]
+    elif len(boxes) > 1:
+        instances = engine.segment_objects(image, [GeometryPrompt(box=b) for b in boxes])
+    else:
+        instances = engine.segment_objects(image, [GeometryPrompt(tuple(points), boxes[0] if boxes else None)])
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overlay = image.pixels.astype(np.float32)
+    palette = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180]], np.float32)
+    records = []
+    for i, inst in enumerate(instances):
+        name = f"mask_{i:03d}.png"
+        Image.fromarray(inst.mask.astype(np.uint8) * 255).save(out / name)
+        color = palette[i % len(palette)]
+        overlay[inst.mask] = overlay[inst.mask] * 0.45 + color * 0.55
+        records.append({"mask": name, "score": round(inst.score, 4), "box_xyxy": [round(v, 1) for v in inst.box],
+                        "area": int(inst.mask.sum())})
+    Image.fromarray(overlay.clip(0, 255).astype(np.uint8)).save(out / "overlay.png")
+    summary = {"image": str(args.image), "width": image.width, "height": image.height,
+               "model_version": engine.model_version, "test_model": engine.is_test_model, "instances": records}
+    (out / "instances.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "instances"} | {"instances": len(records)}))
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from .engine.tiny import install_in_hub_cache, write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(args.dir, seed=args.seed, image_size=args.image_size)
+    print(f"wrote a RANDOMLY INITIALISED SAM 3 test model to {folder} (use SAM3_MODEL={folder})")
+    if args.hub_cache:
+        snapshot = install_in_hub_cache(folder, args.hub_cache)
+        print(f"installed as facebook/sam3 in the hub cache {args.hub_cache} ({snapshot})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sam3-backend", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve the Label Studio ML backend (gunicorn, gthread workers)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int, help="processes; each loads its own model (default WORKERS or 1)")
+    s.add_argument("--threads", type=int, help="threads per worker (default THREADS or 8)")
+    s.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
+    s.set_defaults(func=_serve)
+
+    p = sub.add_parser("predict", help="segment one image without Label Studio")
+    p.add_argument("image")
+    p.add_argument("--text", help="concept prompt, e.g. 'yellow school bus' (boxes become exemplars)")
+    p.add_argument("--point", action="append", help="X,Y[,1|0] in pixels; 0 = negative; repeatable")
+    p.add_argument("--box", action="append", help="X0,Y0,X1,Y1 in pixels; repeatable")
+    p.add_argument("--threshold", type=float, help="score threshold for --text (default SAM3_SCORE_THRESHOLD)")
+    p.add_argument("--out", required=True, help="folder for mask PNGs, instances.json and overlay.png")
+    p.set_defaults(func=_predict)
+
+    t = sub.add_parser("tiny-model", help="write a tiny random-init SAM 3 checkpoint (tests, demos)")
+    t.add_argument("dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--image-size", type=int, default=112)
+    t.add_argument("--hub-cache", help="also install it as facebook/sam3 in this offline hub cache")
+    t.set_defaults(func=_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The glue: Label Studio request → prompts → engine → Label Studio results.
+
+The only module besides ``app`` that knows both sides. Each request is three steps: decode
+(Label Studio JSON → typed prompts, validated before any download), predict (engine), encode
+(instances → regions). Batch prelabeling isolates failures per task: one broken image gives
+that task an empty result and a logged error, never a failed request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol, Sequence
+
+from .config import Settings
+from .errors import BackendError, BadRequest, EngineNotReady
+from .ls.label_config import ImageProjectConfig, parse_label_config
+from .ls.media import MediaFetcher
+from .ls.prompts import parse_context, to_engine_prompts
+from .ls.results import encode_regions, prediction
+from .types import ConceptPrompt, EngineStats, GeometryPrompt, ImageInput, Instance
+
+log = logging.getLogger(__name__)
+
+
+class ImageEngine(Protocol):
+    """What the service needs from the model side (``engine.image.Sam3ImageEngine``)."""
+
+    model_version: str
+    is_test_model: bool
+    stats: EngineStats
+
+    def segment_objects(self, image: ImageInput, objects: Sequence[GeometryPrompt]) -> list[Instance]: ...
+
+    def segment_concepts(
+        self, images: Sequence[ImageInput], concepts: Sequence[ConceptPrompt], *, threshold: float,
+        max_instances: int, batch_size: int,
+    ) -> list[list[Instance]]: ...
+
+
+@lru_cache(maxsize=64)
+def _config(xml: str) -> ImageProjectConfig:
+    return parse_label_config(xml)
+
+
+@dataclass
+class ServiceMetrics:
+    predict_requests: int = 0
+    interactive_requests: int = 0
+    tasks_predicted: int = 0
+    task_errors: int = 0
+    last_predict_seconds: float = 0.0
+    webhooks: dict[str, int] = field(default_factory=dict)
+
+
+class PredictionService:
+    def __init__(self, settings: Settings, engine: ImageEngine, fetcher: MediaFetcher):
+        self.settings = settings
+        self.engine = engine
+        self.fetcher = fetcher
+        self.metrics = ServiceMetrics()
+        self._projects: dict[str, str] = {}  # project id → label config from /setup
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
+
+    # ------------------------------------------------------------------ /setup
+    def setup(self, payload: dict) -> dict:
+        schema = payload.get("schema") or payload.get("label_config")
+        if schema is not None:
+            if not isinstance(schema, str):
+                raise BadRequest("'schema' must be the project's label config XML string")
+            _config(schema)  # validate now: Label Studio shows this message on Connect
+            if payload.get("project"):
+                self._projects[str(payload["project"]).split(".")[0]] = schema
+        self.fetcher.configure(payload.get("hostname"), payload.get("access_token"))
+        return {"model_version": self.engine.model_version}
+
+    # ------------------------------------------------------------------ /predict
+    def predict(self, payload: Any) -> dict:
+        if not isinstance(payload, dict):
+            raise BadRequest("the request body must be a JSON object with 'tasks'")
+        tasks = payload.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("'tasks' must be a list of task objects")
+        config = _config(self._label_config(payload))
+        params = payload.get("params") or {}
+        if not isinstance(params, dict):
+            raise BadRequest("'params' must be an object")
+        context = params.get("context")
+        started = time.perf_counter()
+        self.metrics.predict_requests += 1
+        if context is None:
+            results = self._prelabel(tasks, config)
+        else:
+            self.metrics.interactive_requests += 1
+            results = [self._interactive(tasks, context, config)] if tasks else []
+        self.metrics.tasks_predicted += len(tasks)
+        self.metrics.last_predict_seconds = time.perf_counter() - started
+        return {"results": results, "model_version": self.engine.model_version}
+
+    def _label_config(self, payload: dict) -> str:
+        xml = payload.get("label_config")
+        if isinstance(xml, str) and xml.strip():
+            return xml
+        project = str(payload.get("project") or "").split(".")[0]
+        if project in self._projects:
+            return self._projects[project]
+        raise BadRequest("no 'label_config' in the request and no /setup seen for this project")
+
+    def _image_url(self, task: dict, config: ImageProjectConfig) -> str:
+        data = task.get("data")
+        url = data.get(config.image_value) if isinstance(data, dict) else None
+        if not isinstance(url, str) or not url:
+            raise BadRequest(f"task {task.get('id')} has no image at data.{config.image_value}")
+        return url
+
+    def _load(self, task: dict, config: ImageProjectConfig) -> ImageInput:
+        return self.fetcher.fetch_image(self._image_url(task, config), task.get("id"))
+
+    def _empty(self) -> dict:
+        return prediction([], [], self.engine.model_version)
+
+    def _prelabel(self, tasks: list[dict], config: ImageProjectConfig) -> list[dict]:
+        """All tasks, one result each, in order; every label of the config is a concept."""
+        loaded: list[ImageInput | None] = [None] * len(tasks)
+        futures = [self._pool.submit(self._load, t, config) for t in tasks]
+        for i, fut in enumerate(futures):
+            try:
+                loaded[i] = fut.result()
+            except BackendError as exc:
+                self.metrics.task_errors += 1
+                log.error("task %s: %s", tasks[i].get("id"), exc)
+        good = [i for i, im in enumerate(loaded) if im is not None]
+        concepts = [ConceptPrompt(config.concept_text(label)) for label in config.labels]
+        found = self.engine.segment_concepts(
+            [loaded[i] for i in good], concepts,
+            threshold=self.settings.score_threshold,
+            max_instances=self.settings.max_instances,
+            batch_size=self.settings.prelabel_batch_size,
+        ) if good else []
+        results = [self._empty() for _ in tasks]
+        for i, instances in zip(good, found):
+            image = loaded[i]
+            labels = [config.labels[inst.prompt_index] for inst in instances]
+            results[i] = self._encode(instances, labels, config, image)
+        return results
+
+    def _encode(self, instances, labels, config, image: ImageInput) -> dict:
+        regions = encode_regions(
+            instances, labels, config, image.width, image.height,
+            polygon_tolerance=self.settings.polygon_tolerance,
+        )
+        return prediction(regions, [inst.score for inst in instances if inst.mask.any()], self.engine.model_version)
+
+    def _interactive(self, tasks: list[dict], context: Any, config: ImageProjectConfig) -> dict:
+        if not isinstance(context, dict):
+            raise BadRequest("'params.context' must be an object with a 'result' list")
+        query = parse_context(context, config)
+        if query is None or query.is_empty():
+            return self._empty()
+        image = self._load(tasks[0], config)
+        prompts = to_engine_prompts(query, image.width, image.height)
+        label = query.label or self._label_for_text(query.text, config)
+        if prompts.concept is not None:
+            instances = self.engine.segment_concepts(
+                [image], [prompts.concept], threshold=self.settings.score_threshold,
+                max_instances=self.settings.max_instances, batch_size=1,
+            )[0]
+        else:
+            instances = self.engine.segment_objects(image, prompts.objects)
+        return self._encode(instances, [label] * len(instances), config, image)
+
+    @staticmethod
+    def _label_for_text(text: str | None, config: ImageProjectConfig) -> str:
+        """A typed concept gets the config label it names (case-insensitive), else the first label."""
+        if text:
+            for label in config.labels:
+                if label.lower() == text.strip().lower():
+                    return label
+        if not config.labels:
+            raise BadRequest("the label config has no labels to attach to the prediction")
+        return config.labels[0]
+
+    # ------------------------------------------------------------------ /webhook
+    def webhook(self, payload: Any) -> dict:
+        if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
+            raise BadRequest("a webhook body must be a JSON object with an 'action'")
+        action = payload["action"]
+        self.metrics.webhooks[action] = self.metrics.webhooks.get(action, 0) + 1
+        log.info("webhook %s acknowledged", action)
+        return {"status": "ok", "action": action}
+
+
+class NotReadyEngine:
+    """Placeholder while the model loads (or after it failed): every use says why."""
+
+    is_test_model = False
+    stats = EngineStats()
+
+    def __init__(self, reason: str = "the SAM 3 model is still loading; retry in a moment"):
+        self.reason = reason
+
+    @property
+    def model_version(self) -> str:
+        raise EngineNotReady(self.reason)
+
+    def segment_objects(self, *a, **k):
+        raise EngineNotReady(self.reason)
+
+    def segment_concepts(self, *a, **k):
+        raise EngineNotReady(self.reason)
