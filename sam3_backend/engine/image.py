@@ -272,52 +272,66 @@ class Sam3ImageEngine:
             return results
 
     def _concepts_chunk(self, images, concepts, threshold, max_instances) -> list[list[Instance]]:
+        """One backbone + neck pass for the chunk, then one DETR pass per group of concepts.
+
+        Concepts are grouped by their number of exemplar boxes: SAM 3's geometry encoder adds
+        prompt tokens even for padded boxes, so mixing a text-only concept with exemplar ones in
+        one batch would change its answer. Prelabeling (text only) is always a single group.
+        """
         detector = self.model.detector
         hidden = torch.cat(self._backbone(images), dim=0)  # (B, HW, C)
-        n_img, n_con = len(images), len(concepts)
-        texts = [c.text if c.text else "visual" for c in concepts]
-        text_feats = self._text_embeds(texts)
+        text_feats = self._text_embeds([c.text if c.text else "visual" for c in concepts])
         with self._stage("detector"), torch.inference_mode():
             fpn, pos = detector.vision_encoder.neck(self._spatial(hidden))
-            # Batch = images × concepts, image-major: row r is image r // n_con, concept r % n_con.
-            rep = lambda t: t.repeat_interleave(n_con, dim=0)  # noqa: E731
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-            from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+        groups: dict[int, list[int]] = {}
+        for ci, concept in enumerate(concepts):
+            groups.setdefault(len(concept.exemplars), []).append(ci)
+        per_image: list[list[Instance]] = [[] for _ in images]
+        for n_ex, members in groups.items():
+            out = self._detect(images, [concepts[c] for c in members], [text_feats[c] for c in members], fpn, pos, n_ex)
+            self._collect(out, images, members, threshold, max_instances, per_image)
+        for found in per_image:
+            found.sort(key=lambda inst: inst.prompt_index)
+        return per_image
 
+    def _detect(self, images, concepts, text_feats, fpn, pos, n_ex):
+        """DETR head over images × concepts, image-major: row r = image r // C, concept r % C."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        n_img, n_con = len(images), len(concepts)
+        with self._stage("detector"), torch.inference_mode():
             vision = Sam3VisionEncoderOutput(
                 last_hidden_state=None,
-                fpn_hidden_states=tuple(rep(f) for f in fpn),
-                fpn_position_encoding=tuple(rep(p) for p in pos),
+                fpn_hidden_states=tuple(f.repeat_interleave(n_con, dim=0) for f in fpn),
+                fpn_position_encoding=tuple(p.repeat_interleave(n_con, dim=0) for p in pos),
             )
             feats = torch.cat([f for f, _ in text_feats], dim=0).repeat(n_img, 1, 1)
             masks = torch.cat([m for _, m in text_feats], dim=0).repeat(n_img, 1)
             kwargs = {}
-            n_ex = max(len(c.exemplars) for c in concepts)
             if n_ex:
                 boxes = np.zeros((n_img * n_con, n_ex, 4), np.float32)
-                labels = np.full((n_img * n_con, n_ex), PAD_LABEL, np.int64)
+                labels = np.zeros((n_img * n_con, n_ex), np.int64)
                 for r in range(n_img * n_con):
                     im, c = images[r // n_con], concepts[r % n_con]
-                    if c.exemplars:
-                        xyxy = np.array([[b.x0, b.y0, b.x1, b.y1] for b in c.exemplars], np.float32)
-                        boxes[r, : len(c.exemplars)] = _to_normalized_cxcywh(xyxy, im.width, im.height)
-                        labels[r, : len(c.exemplars)] = [1 if b.positive else 0 for b in c.exemplars]
+                    xyxy = np.array([[b.x0, b.y0, b.x1, b.y1] for b in c.exemplars], np.float32)
+                    boxes[r] = _to_normalized_cxcywh(xyxy, im.width, im.height)
+                    labels[r] = [1 if b.positive else 0 for b in c.exemplars]
                 kwargs = dict(
                     input_boxes=torch.from_numpy(boxes).to(self.device, self.dtype),
                     input_boxes_labels=torch.from_numpy(labels).to(self.device),
                 )
-            out = detector(
-                vision_embeds=vision,
-                text_embeds=BaseModelOutputWithPooling(pooler_output=feats),
-                attention_mask=masks,
-                **kwargs,
-            )
+            return detector_forward(self.model.detector, vision, feats, masks, kwargs)
+
+    def _collect(self, out, images, members, threshold, max_instances, per_image) -> None:
+        """Scores as transformers computes them (query × presence); masks upsampled only for the
+        kept queries, straight to the original size."""
+        n_con = len(members)
         with self._stage("postprocess"), torch.inference_mode():
             scores = out.pred_logits.float().sigmoid()
             if out.presence_logits is not None:
                 scores = scores * out.presence_logits.float().sigmoid()
-            per_image: list[list[Instance]] = [[] for _ in images]
-            for r in range(n_img * n_con):
+            for r in range(scores.shape[0]):
                 i, c = divmod(r, n_con)
                 im = images[i]
                 keep = torch.nonzero(scores[r] > threshold).flatten()
@@ -328,6 +342,16 @@ class Sam3ImageEngine:
                 up = F.interpolate(low, size=(im.height, im.width), mode="bilinear", align_corners=False)[:, 0] > 0
                 for m, s in zip(up.cpu().numpy(), scores[r, keep].cpu().numpy()):
                     if m.any():
-                        per_image[i].append(Instance(mask=m, score=float(s), box=_mask_box(m), prompt_index=c))
-        return per_image
+                        per_image[i].append(Instance(mask=m, score=float(s), box=_mask_box(m), prompt_index=members[c]))
 
+
+def detector_forward(detector, vision, text_features, text_mask, kwargs):
+    """``Sam3Model.forward`` from precomputed vision and text features."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return detector(
+        vision_embeds=vision,
+        text_embeds=BaseModelOutputWithPooling(pooler_output=text_features),
+        attention_mask=text_mask,
+        **kwargs,
+    )

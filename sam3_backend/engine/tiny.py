@@ -122,6 +122,15 @@ def write_tiny_checkpoint(folder: str | Path, *, seed: int = 0, image_size: int 
     setattr(config, TEST_MODEL_MARKER, True)
     model = Sam3VideoModel(config).eval()
     model.save_pretrained(folder)
+    # save_pretrained runs transformers' key conversion in reverse and writes the tracker as
+    # ``tracker_model.tracker_model.*``; the published checkpoint has ``tracker_model.*``.
+    # Rewrite the weights with the module's own key names, i.e. the facebook/sam3 layout.
+    from safetensors.torch import save_file
+
+    for stale in folder.glob("model*.safetensors*"):
+        stale.unlink()
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
     scratch = folder / "_tokenizer_src"
     scratch.mkdir(exist_ok=True)

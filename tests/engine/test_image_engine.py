@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_image
+from sam3_backend.types import Box, ConceptPrompt, GeometryPrompt, Point
+
+
+def test_tracker_embeddings_equal_transformers_own(engine, loaded_model):
+    """Our embeddings come from the cached backbone; they must equal get_image_embeddings'."""
+    image = make_image()
+    pixel_values = engine._pixel_values([image])
+    reference = loaded_model.tracker.get_image_embeddings(pixel_values)
+    ours = engine._tracker_embeddings(image)
+    assert len(ours) == len(reference)
+    for a, b in zip(ours, reference):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b)
+
+
+def test_click_masks_equal_transformers_pipeline(engine, loaded_model):
+    """segment_objects == Sam3TrackerProcessor + Sam3TrackerModel(pixel_values=...) end to end."""
+    from transformers import Sam3TrackerProcessor
+
+    image = make_image(60, 80, seed=3)
+    processor = Sam3TrackerProcessor.from_pretrained("facebook/sam3")
+    inputs = processor(images=image.pixels, input_points=[[[[30.0, 20.0]]]], input_labels=[[[1]]], return_tensors="pt")
+    with torch.inference_mode():
+        out = loaded_model.tracker(pixel_values=inputs["pixel_values"], input_points=inputs["input_points"],
+                                   input_labels=inputs["input_labels"], multimask_output=True)
+    masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], binarize=False)[0][0]
+    best = int(out.iou_scores[0, 0].argmax())
+    expected = (masks[best] > 0).numpy()
+    [inst] = engine.segment_objects(image, [GeometryPrompt(points=(Point(30, 20),))])
+    agreement = (inst.mask == expected).mean()
+    assert agreement > 0.99, agreement
+    assert inst.score == pytest.approx(float(out.iou_scores[0, 0, best].clamp(0, 1)), abs=1e-4)
+
+
+def test_second_click_skips_the_vision_encoder(engine):
+    image = make_image()
+    engine.segment_objects(image, [GeometryPrompt(points=(Point(10, 10),))])
+    assert engine.stats.vision_encoder_calls == 1
+    engine.segment_objects(image, [GeometryPrompt(points=(Point(10, 10), Point(40, 30, positive=False)))])
+    engine.segment_objects(image, [GeometryPrompt(box=Box(5, 5, 30, 30))])
+    assert engine.stats.vision_encoder_calls == 1
+    assert "vision_encoder" not in engine.last_timing.stages
+    # text prompts on the same image reuse the same backbone output too
+    engine.segment_concepts([image], [ConceptPrompt("cat")], threshold=0.0)
+    assert engine.stats.vision_encoder_calls == 1
+    engine.segment_objects(make_image(seed=9), [GeometryPrompt(points=(Point(10, 10),))])
+    assert engine.stats.vision_encoder_calls == 2
+
+
+def test_feature_cache_is_bounded_in_bytes(loaded_model):
+    from sam3_backend.engine.image import Sam3ImageEngine
+
+    engine = Sam3ImageEngine(loaded_model, feature_cache_bytes=200_000)
+    for seed in range(6):
+        engine.segment_objects(make_image(seed=seed), [GeometryPrompt(points=(Point(5, 5),))])
+    stats = engine.features.stats()
+    assert stats.bytes <= 200_000
+    assert stats.evictions > 0
+
+
+def test_objects_come_back_in_order_with_image_sized_masks(engine):
+    image = make_image(50, 70)
+    objects = [
+        GeometryPrompt(points=(Point(10, 10), Point(20, 20, positive=False)), box=Box(2, 2, 40, 40)),
+        GeometryPrompt(points=(Point(60, 45),)),
+        GeometryPrompt(box=Box(30, 10, 69, 49)),
+    ]
+    out = engine.segment_objects(image, objects)
+    assert [i.prompt_index for i in out] == [0, 1, 2]
+    for inst in out:
+        assert inst.mask.shape == (50, 70) and inst.mask.dtype == bool
+        assert 0.0 <= inst.score <= 1.0
+        if inst.mask.any():
+            ys, xs = np.nonzero(inst.mask)
+            assert inst.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_concepts_batched_equal_one_by_one(engine):
+    """Batching images × concepts must not change any image's answer."""
+    images = [make_image(48, 64, seed=1), make_image(90, 60, seed=2), make_image(40, 40, seed=3)]
+    concepts = [ConceptPrompt("cat"), ConceptPrompt("dog"), ConceptPrompt(None, (Box(2, 2, 20, 20),))]
+    batched = engine.segment_concepts(images, concepts, threshold=0.2, batch_size=3)
+    for image, got in zip(images, batched):
+        for ci, concept in enumerate(concepts):
+            alone = engine.segment_concepts([image], [concept], threshold=0.2, batch_size=1)[0]
+            mine = [i for i in got if i.prompt_index == ci]
+            assert len(mine) == len(alone)
+            for a, b in zip(mine, alone):
+                assert a.score == pytest.approx(b.score, abs=1e-4)
+                assert (a.mask == b.mask).mean() > 0.99
+
+
+def test_concept_scores_match_transformers_postprocessing(engine, loaded_model):
+    from transformers import Sam3Processor
+
+    image = make_image(60, 80, seed=5)
+    processor = Sam3Processor.from_pretrained("facebook/sam3")
+    inputs = processor(images=image.pixels, text="cat", return_tensors="pt")
+    with torch.inference_mode():
+        out = loaded_model.detector(**inputs)
+    ref = processor.post_process_instance_segmentation(out, threshold=0.1, mask_threshold=0.5,
+                                                       target_sizes=[(60, 80)])[0]
+    ours = engine.segment_concepts([image], [ConceptPrompt("cat")], threshold=0.1, max_instances=1000)[0]
+    ref_scores = sorted(ref["scores"].tolist(), reverse=True)
+    ours_scores = sorted([i.score for i in ours], reverse=True)
+    # instances whose upsampled mask is empty are dropped by us (nothing to draw)
+    nonempty = sorted([float(s) for s, m in zip(ref["scores"], ref["masks"]) if m.any()], reverse=True)
+    assert ours_scores == pytest.approx(nonempty, abs=1e-4)
+    assert len(ref_scores) >= len(ours_scores)
+
+
+def test_threshold_and_max_instances(engine):
+    image = make_image()
+    none = engine.segment_concepts([image], [ConceptPrompt("cat")], threshold=1.0)[0]
+    assert none == []
+    few = engine.segment_concepts([image], [ConceptPrompt("cat")], threshold=0.0, max_instances=2)[0]
+    assert len(few) <= 2
+    assert [i.score for i in few] == sorted([i.score for i in few], reverse=True)
+
+
+def test_empty_inputs(engine):
+    assert engine.segment_objects(make_image(), []) == []
+    assert engine.segment_concepts([], [ConceptPrompt("cat")]) == []
+    assert engine.segment_concepts([make_image()], []) == [[]]
