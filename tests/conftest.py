@@ -23,14 +23,6 @@ import pytest  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-FULL_CONFIG = (
-    '<View><Image name="image" value="$image" zoom="true"/>'
-    '<BrushLabels name="tag" toName="image"><Label value="cat"/><Label value="dog"/></BrushLabels>'
-    '<KeyPointLabels name="kp" toName="image" smart="true"><Label value="cat" smart="true"/>'
-    '<Label value="dog" smart="true"/></KeyPointLabels>'
-    '<RectangleLabels name="rect" toName="image" smart="true"><Label value="cat"/><Label value="dog"/></RectangleLabels>'
-    "</View>"
-)
 
 
 @pytest.fixture(scope="session")
@@ -62,10 +54,3 @@ def engine(loaded_model):
 
     return Sam3ImageEngine(loaded_model, feature_cache_bytes=64 * 1024 * 1024)
 
-
-def make_image(h: int = 48, w: int = 64, seed: int = 0, key: str | None = None):
-    from sam3_backend.types import ImageInput
-
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    return ImageInput(pixels, key or f"img-{h}x{w}-{seed}")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image
+from helpers import make_image
 from sam3_backend.types import Box, ConceptPrompt, GeometryPrompt, Point
 
 
