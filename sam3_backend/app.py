@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None, engine=None, *, engine_factory:
                load_in_background: bool = True) -> Flask:
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("torch", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     app = Flask("sam3_backend")
     app.config["JSON_SORT_KEYS"] = False
     holder = EngineHolder(settings, engine, engine_factory)
