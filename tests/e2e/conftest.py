@@ -1,0 +1,231 @@
+"""Fixtures for the end-to-end tests against a real Label Studio 1.23.2.
+
+Session-scoped, in dependency order: install Label Studio (``.venv-ls/``) -> start it on a free
+loopback port with a fresh data dir -> write the tiny SAM 3 model and serve it -> put a
+recording proxy in front of the backend -> create a project, connect the backend, import tasks.
+
+The e2e tests only run when selected: ``pytest tests/e2e -m e2e`` (or ``SAM3_E2E=1``); a plain
+``pytest`` skips them instead of spending minutes installing Label Studio.
+
+Environment knobs: ``SAM3_E2E_DEVICE`` (backend device, default ``cpu``) and
+``SAM3_E2E_BACKEND_CLI`` (another ``sam3-backend`` executable, e.g. a stub while developing the
+harness; default ``<repo>/.venv/bin/sam3-backend``).
+
+On any failure the report gets the tails of the Label Studio and backend logs and the last
+requests Label Studio sent to the backend with the backend's answers. Phase timings are printed
+at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ls_harness as h  # noqa: E402
+from ls_harness import LABEL_CONFIG, phase  # noqa: E402
+
+# What the failure report reads; filled in by the fixtures below.
+_ACTIVE: dict[str, object] = {}
+
+
+# --------------------------------------------------------------------------------------------
+# Selection, reporting
+
+
+def _e2e_selected(config) -> bool:
+    return "e2e" in (config.getoption("markexpr", "") or "") or os.environ.get("SAM3_E2E") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if _e2e_selected(config):
+        return
+    skip = pytest.mark.skip(reason="end-to-end test: run with `pytest tests/e2e -m e2e` (or SAM3_E2E=1)")
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if not rep.failed or not item.get_closest_marker("e2e"):
+        return
+    for key, title in (("label_studio", "Label Studio log (tail)"), ("backend", "sam3-backend log (tail)")):
+        obj = _ACTIVE.get(key)
+        if obj is not None:
+            rep.sections.append((f"{title}: {obj.process.log_path}", obj.process.log_tail(80)))
+    proxy = _ACTIVE.get("proxy")
+    if proxy is not None:
+        rep.sections.append(("what Label Studio sent to the backend, and its answers (last 20)", proxy.report(20)))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not h.TIMINGS:
+        return
+    terminalreporter.section("e2e phase timings")
+    for name, seconds in h.TIMINGS.items():
+        terminalreporter.write_line(f"{name:<40} {seconds:7.1f} s")
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+def _backend_cli() -> Path:
+    return Path(os.environ.get("SAM3_E2E_BACKEND_CLI") or h.BACKEND_CLI)
+
+
+@pytest.fixture(scope="session")
+def backend_cli() -> Path:
+    """The ``sam3-backend`` command; the e2e tests skip if it is not there yet."""
+    cli = _backend_cli()
+    if not cli.exists():
+        pytest.skip(f"{cli} is missing: install the package (`.venv/bin/pip install -e .`) first")
+    if cli == h.BACKEND_CLI:
+        # The editable install writes the console script before the module exists.
+        probe = subprocess.run(
+            [str(h.REPO_ROOT / ".venv" / "bin" / "python"), "-c", "import sam3_backend.cli"],
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode != 0:
+            pytest.skip(f"{cli} exists but `import sam3_backend.cli` fails: {probe.stderr.strip().splitlines()[-1]}")
+    return cli
+
+
+@pytest.fixture(scope="session")
+def label_studio_exe(backend_cli) -> Path:
+    with phase("install label-studio (idempotent)"):
+        return h.ensure_label_studio()
+
+
+@pytest.fixture(scope="session")
+def label_studio(label_studio_exe, tmp_path_factory):
+    ls = h.LabelStudio(tmp_path_factory.mktemp("label-studio"), exe=label_studio_exe)
+    _ACTIVE["label_studio"] = ls
+    try:
+        with phase("start label-studio"):
+            ls.start()
+        yield ls
+    finally:
+        with phase("stop label-studio"):
+            code = ls.stop()
+        print(f"\nlabel-studio stopped (exit code {code}); log: {ls.process.log_path}")
+
+
+@pytest.fixture(scope="session")
+def backend(label_studio, backend_cli, tmp_path_factory):
+    be = h.Backend(
+        tmp_path_factory.mktemp("backend"),
+        label_studio_url=label_studio.url,
+        api_key=label_studio.token,
+        cli=backend_cli,
+        extra_env={
+            # The tiny model is random: keep every query so counts are deterministic (> 0).
+            "SAM3_SCORE_THRESHOLD": "0.0",
+            "SAM3_MAX_INSTANCES": "3",
+            "SAM3_DEVICE": os.environ.get("SAM3_E2E_DEVICE", "cpu"),
+            "LOG_LEVEL": "INFO",
+        },
+    )
+    _ACTIVE["backend"] = be
+    try:
+        with phase("backend: write tiny model"):
+            be.write_tiny_model()
+        with phase("backend: start until /health UP"):
+            be.start()
+        yield be
+    finally:
+        code = be.stop()
+        print(f"\nsam3-backend stopped (exit code {code}); log: {be.process.log_path}")
+
+
+@pytest.fixture(scope="session")
+def proxy(backend):
+    p = h.RecordingProxy(backend.url).start()
+    _ACTIVE["proxy"] = p
+    yield p
+    p.stop()
+    path = p.dump(backend.workdir / "traffic.json")
+    print(f"\nevery request Label Studio sent to the backend, with its answers: {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# The project
+
+
+# (file name, size, format) of the images uploaded as tasks; distinct sizes catch W/H mix-ups.
+UPLOADS = (("img0.png", (64, 48), "PNG"), ("img1.jpg", (80, 60), "JPEG"), ("img2.png", (50, 70), "PNG"))
+LOCAL_FILE = ("local0.png", (40, 30), "PNG")
+
+
+def make_image(path: Path, size: tuple[int, int], fmt: str, seed: int) -> None:
+    """A small picture with one bright ellipse on a dark background."""
+    from PIL import Image, ImageDraw
+
+    w, h_ = size
+    img = Image.new("RGB", size, (20 + 30 * seed, 30, 40))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((w * 0.25, h_ * 0.25, w * 0.7, h_ * 0.75), fill=(230, 180 - 40 * seed, 60))
+    img.save(path, fmt)
+
+
+@dataclass
+class E2EProject:
+    id: int
+    ml_id: int
+    ml_backend: dict
+    good_tasks: dict[int, tuple[int, int]] = field(default_factory=dict)  # task id -> (W, H)
+    broken_tasks: list[int] = field(default_factory=list)
+    task_urls: dict[int, str] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def project(label_studio, backend, proxy, tmp_path_factory) -> E2EProject:
+    ls = label_studio
+    with phase("create project, connect backend, import tasks"):
+        p = ls.create_project("sam3 e2e", LABEL_CONFIG)
+        ml = ls.connect_ml_backend(p["id"], proxy.url, title="sam3 (e2e)")
+
+        images = tmp_path_factory.mktemp("images")
+        paths = []
+        sizes_by_name = {}
+        for i, (name, size, fmt) in enumerate(UPLOADS):
+            make_image(images / name, size, fmt, i)
+            paths.append(images / name)
+            sizes_by_name[name] = size
+        ls.upload_files(p["id"], paths)
+
+        # One image through Local Storage: LS gives it an absolute http://<HOST>/data/local-files/?d=...
+        local_dir = ls.files_root / "e2e"
+        local_dir.mkdir(parents=True, exist_ok=True)
+        name, size, fmt = LOCAL_FILE
+        make_image(local_dir / name, size, fmt, 3)
+        sizes_by_name[name] = size
+        ls.add_local_storage(p["id"], local_dir)
+
+        # Broken images: an upload that does not exist (LS 1.23.2 answers it with a 500) and a
+        # loopback port where nothing listens.
+        broken_urls = [f"/data/upload/{p['id']}/deadbeef-missing.png", f"http://{h.LOOPBACK}:9/missing.png"]
+        ls.import_tasks(p["id"], [{"data": {"image": url}} for url in broken_urls])
+
+        proj = E2EProject(id=p["id"], ml_id=ml["id"], ml_backend=ml)
+        for task in ls.tasks(p["id"]):
+            url = task["data"]["image"]
+            proj.task_urls[task["id"]] = url
+            if url in broken_urls:
+                proj.broken_tasks.append(task["id"])
+                continue
+            matches = [s for n, s in sizes_by_name.items() if url.endswith(n)]
+            assert len(matches) == 1, f"cannot tell which image task {task['id']} holds: {url}"
+            proj.good_tasks[task["id"]] = matches[0]
+    assert len(proj.good_tasks) == len(sizes_by_name) and len(proj.broken_tasks) == len(broken_urls), proj
+    return proj
