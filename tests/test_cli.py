@@ -1,0 +1,72 @@
+"""The command line, run as a user runs it (subprocesses, the tiny model from a folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLI = [sys.executable, "-m", "sam3_backend.cli"]
+
+
+def _env(model: Path) -> dict:
+    return dict(os.environ, SAM3_MODEL=str(model), SAM3_SCORE_THRESHOLD="0")
+
+
+def test_tiny_model_command_writes_a_loadable_checkpoint(tmp_path):
+    out = subprocess.run(CLI + ["tiny-model", str(tmp_path / "m"), "--hub-cache", str(tmp_path / "hub")],
+                         capture_output=True, text=True, check=True)
+    assert "RANDOMLY INITIALISED" in out.stdout
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    assert (tmp_path / "hub" / "models--facebook--sam3" / "refs" / "main").exists()
+
+
+def test_predict_writes_masks_json_and_overlay(tmp_path, tiny_checkpoint):
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
+    for args, expected in (
+        (["--point", "30,20", "--point", "70,50,0"], 1),
+        (["--box", "5,5,40,40", "--box", "40,10,79,59"], 2),
+        (["--text", "cat"], None),
+    ):
+        out_dir = tmp_path / ("out" + str(len(args)) + args[0])
+        subprocess.run(CLI + ["predict", str(image), *args, "--out", str(out_dir)], env=_env(tiny_checkpoint),
+                       capture_output=True, text=True, check=True)
+        summary = json.loads((out_dir / "instances.json").read_text())
+        assert summary["test_model"] is True and (summary["width"], summary["height"]) == (80, 60)
+        if expected is not None:
+            assert len(summary["instances"]) == expected
+        for inst in summary["instances"]:
+            mask = np.array(Image.open(out_dir / inst["mask"]))
+            assert mask.shape == (60, 80) and int((mask > 0).sum()) == inst["area"]
+        assert Image.open(out_dir / "overlay.png").size == (80, 60)
+
+
+def test_predict_rejects_bad_arguments(tmp_path, tiny_checkpoint):
+    image = tmp_path / "p.png"
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(image)
+    for args, needle in ((["--point", "a,b"], "numbers"), (["--box", "5,5,1,1"], "X0 < X1"), ([], "at least one")):
+        r = subprocess.run(CLI + ["predict", str(image), *args, "--out", str(tmp_path / "o")],
+                           env=_env(tiny_checkpoint), capture_output=True, text=True)
+        assert r.returncode != 0 and needle in r.stderr
+
+
+def test_wsgi_entry_point_serves_the_app(tiny_checkpoint, tmp_path):
+    code = (
+        "import _wsgi, time\n"
+        "c = _wsgi.app.test_client()\n"
+        "for _ in range(300):\n"
+        "    r = c.get('/health')\n"
+        "    if r.status_code == 200: break\n"
+        "    time.sleep(0.1)\n"
+        "print(r.status_code, r.json['status'])\n"
+    )
+    env = dict(_env(tiny_checkpoint), MODEL_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("200 UP")
