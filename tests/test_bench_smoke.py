@@ -1,0 +1,57 @@
+"""bench/gpu.py --smoke: the GPU benchmark's code paths, on CPU with the tiny model, so they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = ("interactive", "text_prompt", "prelabel", "video", "memory", "attention", "compile")
+
+
+def _numbers(value) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v)]
+    return []
+
+
+def test_gpu_bench_smoke(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke", "--out", str(out),
+         "--attention", "sdpa,eager", "--compile", "--budget", "70"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    data = json.loads((out / "gpu-bench.json").read_text())
+    assert (out / "gpu-bench.md").read_text().startswith("## GPU benchmark")
+    assert data["meta"]["smoke"] is True and data["errors"] == [] and data["notes"] == []
+    sections = data["sections"]
+    for name in REQUIRED:
+        assert name in sections, f"section {name} missing"
+        for key, entry in sections[name].items():
+            assert "skipped" not in entry and "error" not in entry, f"{name}/{key}: {entry}"
+            numbers = _numbers(entry)
+            assert numbers and all(math.isfinite(x) for x in numbers), f"{name}/{key} has no (finite) numbers"
+    for dt in data["meta"]["dtypes"]:
+        clicks = sections["interactive"][dt]
+        assert clicks["cold"]["n"] >= 1 and clicks["warm"]["p50_ms"] > 0 and clicks["warm"]["p95_ms"] >= clicks["warm"]["p50_ms"]
+        assert sections["text_prompt"][dt]["cached_image"]["p50_ms"] > 0
+        assert sections["prelabel"][dt]["best_images_per_s"] > 0
+        assert sections["memory"][dt]["model_gib"] > 0
+    videos = sections["video"]
+    assert {v["objects"] for v in videos.values()} == {1, 2}
+    for v in videos.values():
+        assert v["frames"] == 3 and v["model_fps"] > 0 and v["tracked_objects_max"] == v["objects"]
+    assert set(sections["attention"]) == {"sdpa", "eager"}
