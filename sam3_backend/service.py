@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Protocol, Sequence
 
@@ -162,15 +162,18 @@ class PredictionService:
             return self._empty()
         image = self._load(tasks[0], config)
         prompts = to_engine_prompts(query, image.width, image.height)
-        label = query.label or self._label_for_text(query.text, config)
+        fallback = query.label or self._label_for_text(query.text, config)
         if prompts.concept is not None:
             instances = self.engine.segment_concepts(
                 [image], [prompts.concept], threshold=self.settings.score_threshold,
                 max_instances=self.settings.max_instances, batch_size=1,
             )[0]
+            labels = [fallback] * len(instances)
         else:
             instances = self.engine.segment_objects(image, prompts.objects)
-        return self._encode(instances, [label] * len(instances), config, image)
+            per_object = list(prompts.object_labels) or [None] * len(prompts.objects)
+            labels = [per_object[inst.prompt_index] or fallback for inst in instances]
+        return self._encode(instances, labels, _suggestion_outputs(config), image)
 
     @staticmethod
     def _label_for_text(text: str | None, config: ImageProjectConfig) -> str:
@@ -191,6 +194,16 @@ class PredictionService:
         self.metrics.webhooks[action] = self.metrics.webhooks.get(action, 0) + 1
         log.info("webhook %s acknowledged", action)
         return {"status": "ok", "action": action}
+
+
+def _suggestion_outputs(config: ImageProjectConfig) -> ImageProjectConfig:
+    """Interactive answers are suggestions for the object(s) just prompted: one region each, in
+    the richest output the config has (brush, else polygon, else rectangle). Prelabels fill all."""
+    if config.brush is not None:
+        return replace(config, polygon=None, rectangle=None)
+    if config.polygon is not None:
+        return replace(config, rectangle=None)
+    return config
 
 
 class NotReadyEngine:

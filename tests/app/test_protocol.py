@@ -126,12 +126,33 @@ def test_typed_text_is_a_concept_prompt(client):
     assert all(reg["value"][reg["type"]] == ["dog"] for reg in regions)
 
 
-def test_polygon_output_when_configured(client, payloads):
-    config = FULL_CONFIG.replace(
-        "</View>", '<PolygonLabels name="poly" toName="image"><Label value="cat"/><Label value="dog"/></PolygonLabels></View>')
-    r = client.post("/predict", json=recorded(payloads, RECTS, config))
+POLY = '<PolygonLabels name="poly" toName="image"><Label value="cat"/><Label value="dog"/></PolygonLabels>'
+
+
+def test_prelabels_fill_every_output_the_config_has(client, payloads):
+    config = FULL_CONFIG.replace("</View>", POLY + "</View>")
+    r = client.post("/predict", json=recorded(payloads, BATCH5, config))
     types = {reg["type"] for reg in r.json["results"][0]["result"]}
-    assert "polygonlabels" in types and "brushlabels" in types
+    assert types == {"polygonlabels", "brushlabels", "rectanglelabels"}
+
+
+def test_interactive_suggestions_are_one_region_per_object(client, payloads):
+    """A click answers with the richest output only: brush if configured, else polygon."""
+    config = FULL_CONFIG.replace("</View>", POLY + "</View>")
+    r = client.post("/predict", json=recorded(payloads, RECTS, config))
+    assert [reg["type"] for reg in r.json["results"][0]["result"]] == ["brushlabels", "brushlabels"]
+    no_brush = config.replace('<BrushLabels name="tag" toName="image"><Label value="cat"/><Label value="dog"/></BrushLabels>', "")
+    r = client.post("/predict", json=recorded(payloads, KEYPOINT1, no_brush))
+    types = {reg["type"] for reg in r.json["results"][0]["result"]}
+    assert types == {"polygonlabels"}
+
+
+def test_several_rectangles_keep_their_own_labels(client, payloads):
+    body = recorded(payloads, RECTS, FULL_CONFIG)
+    body["params"]["context"]["result"][1]["value"]["rectanglelabels"] = ["dog"]
+    r = client.post("/predict", json=body)
+    labels = sorted(reg["value"]["brushlabels"][0] for reg in r.json["results"][0]["result"])
+    assert labels == ["cat", "dog"]
 
 
 @pytest.mark.parametrize(
