@@ -89,7 +89,10 @@ def machine_info() -> str:
     return f"{now}; {cpu} ({platform.machine()}, nproc={nproc}); {platform.system()} {platform.release()}; Python {platform.python_version()}"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def markdown_table(header: list, rows: list[list]) -> str:
+    """A GitHub markdown table; cells are str()-ed and '|' in them escaped."""
+
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|"] + [line(r) for r in rows])
