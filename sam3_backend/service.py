@@ -12,7 +12,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Any, Protocol, Sequence
 
 from .config import Settings
@@ -41,11 +40,6 @@ class ImageEngine(Protocol):
     ) -> list[list[Instance]]: ...
 
 
-@lru_cache(maxsize=64)
-def _config(xml: str) -> ImageProjectConfig:
-    return parse_label_config(xml)
-
-
 @dataclass
 class ServiceMetrics:
     predict_requests: int = 0
@@ -71,7 +65,7 @@ class PredictionService:
         if schema is not None:
             if not isinstance(schema, str):
                 raise BadRequest("'schema' must be the project's label config XML string")
-            _config(schema)  # validate now: Label Studio shows this message on Connect
+            parse_label_config(schema)  # validate now: Label Studio shows this message on Connect
             if payload.get("project"):
                 self._projects[str(payload["project"]).split(".")[0]] = schema
         self.fetcher.configure(payload.get("hostname"), payload.get("access_token"))
@@ -84,7 +78,7 @@ class PredictionService:
         tasks = payload.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
-        config = _config(self._label_config(payload))
+        config = parse_label_config(self._label_config(payload))
         params = payload.get("params") or {}
         if not isinstance(params, dict):
             raise BadRequest("'params' must be an object")
@@ -132,6 +126,9 @@ class PredictionService:
             except BackendError as exc:
                 self.metrics.task_errors += 1
                 log.error("task %s: %s", tasks[i].get("id"), exc)
+            except Exception:  # one task's surprise must not cost the others their results
+                self.metrics.task_errors += 1
+                log.exception("task %s: unexpected error while loading its image", tasks[i].get("id"))
         good = [i for i, im in enumerate(loaded) if im is not None]
         concepts = [ConceptPrompt(config.concept_text(label)) for label in config.labels]
         found = self.engine.segment_concepts(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -32,14 +31,11 @@ log = logging.getLogger(__name__)
 PAD_LABEL = -10  # transformers' padding label for points/boxes
 
 
-@dataclass
 class StageTimer:
     """Accumulates wall time per stage of the last call (for benchmarks and debug logs)."""
 
-    stages: dict
-
     def __init__(self):
-        self.stages = {}
+        self.stages: dict[str, float] = {}
 
     def add(self, name: str, seconds: float) -> None:
         self.stages[name] = self.stages.get(name, 0.0) + seconds
