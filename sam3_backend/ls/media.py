@@ -1,4 +1,4 @@
-"""Fetch task media the way Label Studio serves them, safely, and decode images.
+"""Fetch task media the way Label Studio serves them, safely.
 
 A task's media URL is one of:
 
@@ -15,9 +15,8 @@ Safety rules: only the Label Studio host and ``MEDIA_ALLOWED_HOSTS`` are fetched
 redirect Label Studio's presign endpoint hands out; the token goes only to Label Studio's origin;
 size (``MEDIA_MAX_BYTES``) and total time (``MEDIA_TIMEOUT``) are enforced while streaming.
 
-Downloads land in a bounded on-disk LRU cache (``MODEL_DIR/media-cache``), keyed by the task URL
-(resolved against Label Studio), written as a temporary file and renamed into place, so a failed
-download never leaves a partial file and several processes can share the directory.
+Downloads land in the on-disk cache of ``media_cache``, keyed by the task URL (resolved against
+Label Studio, never a presigned URL). Decoding images is ``images.load_image``, re-exported here.
 """
 
 from __future__ import annotations
@@ -26,32 +25,27 @@ import base64
 import binascii
 import hashlib
 import http.client
-import io
 import json
 import logging
 import os
 import re
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 from urllib.parse import parse_qs, unquote, unquote_to_bytes, urljoin, urlsplit
 
-import numpy as np
 import requests
 import urllib3
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import Settings
 from ..errors import BadRequest, MediaUnavailable
 from ..types import ImageInput
+from .images import load_image
+from .media_cache import DiskCache
 
 log = logging.getLogger(__name__)
-
-# Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS): about 179 megapixels, 537 MB as RGB.
-MAX_IMAGE_PIXELS = 178_956_970
 
 _CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 _LS_PATH_PREFIXES = ("/data/", "/tasks/", "/storage-data/", "/api/")
@@ -59,7 +53,6 @@ _PRESIGN_PATH = re.compile(r"^/tasks/\d+/presign/?$")
 _REDIRECT_CODES = {301, 302, 303, 307, 308}
 _MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
-_STALE_PART_SECONDS = 3600  # .part files older than this were left by a crashed process
 _JWT_PART = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
 _TOKEN_MARGIN_SECONDS = 30  # refresh an access token this long before it expires
 _MB = 1024 * 1024
@@ -100,7 +93,7 @@ class MediaFetcher:
         self._token_lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(64)]  # one download per cache key
         self._local = threading.local()
-        self._cache = _DiskCache(settings.media_cache_dir, settings.media_cache_mb * _MB)
+        self._cache = DiskCache(settings.media_cache_dir, settings.media_cache_mb * _MB)
         self.stats = MediaStats()
 
     # -- configuration -----------------------------------------------------------------------
@@ -257,14 +250,13 @@ class MediaFetcher:
             )
         return real
 
-    def _check_local_size(self, path: Path) -> int:
+    def _check_local_size(self, path: Path) -> None:
         try:
             size = path.stat().st_size
         except OSError as exc:
             raise MediaUnavailable(f"local file {path} cannot be read: {exc.strerror or exc}") from exc
         if size > self._settings.media_max_bytes:
             raise MediaUnavailable(_too_big(size, self._settings.media_max_bytes, str(path)))
-        return size
 
     def _read_local(self, path: Path) -> bytes:
         self._check_local_size(path)
@@ -507,127 +499,6 @@ class MediaFetcher:
             return access
 
 
-class _DiskCache:
-    """Files named by a hash of their key; LRU by mtime; bounded by total bytes.
-
-    Writers download into ``tmp-*.part`` and rename; eviction rescans the directory, so several
-    processes sharing it keep the bound (approximately, between their scans).
-    """
-
-    def __init__(self, root: Path, max_bytes: int):
-        self.root = root
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()  # one eviction scan at a time in this process
-
-    def path_for(self, key: str, suffix: str) -> Path:
-        return self.root / (hashlib.sha256(key.encode()).hexdigest() + suffix)
-
-    def touch(self, path: Path) -> bool:
-        """Mark ``path`` recently used; False when it is not cached."""
-        try:
-            os.utime(path)
-            return True
-        except FileNotFoundError:
-            return False
-
-    def store(self, final: Path, write: Callable[[BinaryIO], object]) -> tuple[int, int]:
-        """Run ``write(fh)`` into a temporary file, rename it to ``final``, evict; (size, evicted files)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f"tmp-{uuid.uuid4().hex}.part"
-        try:
-            with open(tmp, "wb") as fh:
-                write(fh)
-            size = tmp.stat().st_size
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        with self._lock:
-            return size, self._evict(keep=final)
-
-    def _evict(self, keep: Path) -> int:
-        entries, total, now = [], 0, time.time()
-        with os.scandir(self.root) as it:
-            for entry in it:
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:
-                    continue
-                if entry.name.endswith(".part"):
-                    if now - st.st_mtime > _STALE_PART_SECONDS:
-                        Path(entry.path).unlink(missing_ok=True)
-                    continue
-                if entry.is_file():
-                    entries.append((st.st_mtime_ns, st.st_size, entry.path))
-                    total += st.st_size
-        evicted = 0
-        for _, size, path in sorted(entries):
-            if total <= self.max_bytes:
-                break
-            if path == str(keep):
-                continue
-            Path(path).unlink(missing_ok=True)
-            total -= size
-            evicted += 1
-        return evicted
-
-
-# -- images ------------------------------------------------------------------------------------
-
-
-def load_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInput:
-    """Decode media bytes to RGB uint8 pixels (H, W, 3) as a browser shows them.
-
-    EXIF orientation is applied, since Label Studio's original_width/height describe the displayed
-    image. The key is the hex sha256 of ``data``. Raises MediaUnavailable for empty, non-image,
-    corrupt or oversized (``max_pixels``) input; only the first frame of animations is used.
-    """
-    if not data:
-        raise MediaUnavailable("the media file is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise MediaUnavailable(_too_many_pixels(width, height, max_pixels))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            pixels = _to_rgb(img)
-    except Image.DecompressionBombError as exc:
-        raise MediaUnavailable(f"the image is too large to decode safely ({exc})") from exc
-    except UnidentifiedImageError as exc:
-        head = data[:64].lstrip().lower()
-        hint = ""
-        if head.startswith((b"<", b"{")):
-            hint = " (it looks like HTML/JSON: the URL may lead to a login or error page; check the token)"
-        raise MediaUnavailable(f"the media is not an image Pillow can read{hint}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise MediaUnavailable(f"the image is corrupt or truncated: {exc}") from exc
-    return ImageInput(pixels=pixels, key=hashlib.sha256(data).hexdigest())
-
-
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16L", "I;16B"):  # 16-bit grayscale: keep the high byte like browsers
-        gray = (np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if img.mode in ("I", "F"):  # 32-bit: stretch the range to 0-255
-        values = np.asarray(img, dtype=np.float64)
-        lo, hi = float(values.min()), float(values.max())
-        gray = np.zeros(values.shape, np.uint8) if hi <= lo else ((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))  # transparent shows as white
-        img = Image.alpha_composite(background, img)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
-
-
-def _too_many_pixels(width: int, height: int, limit: int) -> str:
-    megapixels = width * height / 1e6
-    return (
-        f"the image is {width}x{height} ({megapixels:.0f} megapixels), over the limit of {limit / 1e6:.0f} megapixels"
-    )
-
-
 # -- helpers -----------------------------------------------------------------------------------
 
 
@@ -793,4 +664,4 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
-__all__ = ["MAX_IMAGE_PIXELS", "MediaFetcher", "MediaStats", "load_image"]
+__all__ = ["MediaFetcher", "MediaStats", "load_image"]
