@@ -1,6 +1,6 @@
 """Cold vs warm click with the FULL-SIZE SAM 3 architecture (random weights) on CPU.
 
-    .venv/bin/python bench/bench_warm_cold.py [--repeats 2] [--warm 20] [--no-write]
+    .venv/bin/python bench/bench_warm_cold.py [--repeats 3] [--warm 20] [--no-write]
 
 Cold click: a new image (``ImageInput`` with a new key): preprocess, the 450M-parameter ViT
 (5.6 TFLOP at 1008 px), the tracker neck, then the prompt decoder. Warm click: the same image
@@ -33,7 +33,7 @@ STAGES = ("preprocess", "vision_encoder", "tracker_neck", "prompt_decoder", "pos
 
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=2, help="cold clicks (each ≈ 40 s on 2 CPU cores)")
+    ap.add_argument("--repeats", type=int, default=3, help="cold clicks (each ≈ 40 s on 2 CPU cores)")
     ap.add_argument("--warm", type=int, default=20, help="warm clicks")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--goal", type=float, default=50.0, help="required cold/warm ratio")
