@@ -366,7 +366,8 @@ def markdown(result: dict) -> str:
         f"{env_line(meta['env'])}. Budget {meta['budget_s']:.0f} s, ran {meta['elapsed_s']:.0f} s."
         f" Command: `bash bench/run_gpu.sh {' '.join(meta['argv'])}`.",
         f"Image {meta['width']}×{meta['height']}; threshold 0 with `max_instances={meta['instances']}` per concept"
-        " (random weights: the output amount is pinned).",
+        " (random weights: the output amount is pinned); fp32 matmuls with TF32"
+        f" {'on' if meta.get('tf32_matmul') else 'off (torch default)'}.",
         "",
         "### Interactive click (`segment_objects`, one point)",
         "",
@@ -573,6 +574,7 @@ def main(argv=None) -> int:
             "env": info, "smoke": args.smoke, "device": str(device), "budget_s": args.budget, "elapsed_s": budget.elapsed(),
             "argv": sys.argv[1:] if argv is None else list(argv), "dtypes": dtypes, "build_seconds": bench.builds, "width": args.width, "height": args.height,
             "concepts": args.concepts, "instances": args.instances,
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         },
         "sections": bench.sections,
         "notes": bench.notes,
