@@ -44,6 +44,7 @@ class Settings:
     # Caches.
     feature_cache_mb: int = 1024
     media_cache_mb: int = 2048
+    media_image_cache_mb: int = 256  # decoded images, so repeated clicks skip reading + decoding
     # Media fetching: not an open proxy.
     media_allowed_hosts: tuple[str, ...] = ()
     media_allow_any_host: bool = False
@@ -78,6 +79,7 @@ class Settings:
             "polygon_tolerance": ("SAM3_POLYGON_TOLERANCE", float),
             "feature_cache_mb": ("SAM3_FEATURE_CACHE_MB", int),
             "media_cache_mb": ("MEDIA_CACHE_MB", int),
+            "media_image_cache_mb": ("MEDIA_IMAGE_CACHE_MB", int),
             "media_allowed_hosts": ("MEDIA_ALLOWED_HOSTS", _csv),
             "media_allow_any_host": ("MEDIA_ALLOW_ANY_HOST", _bool),
             "media_max_bytes": ("MEDIA_MAX_BYTES", int),
