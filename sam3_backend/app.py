@@ -14,7 +14,9 @@ import time
 import traceback
 from typing import Callable
 
+import orjson
 from flask import Flask, Response, jsonify, request
+from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException
 
 from . import __version__
@@ -24,6 +26,23 @@ from .ls.media import MediaFetcher
 from .service import NotReadyEngine, PredictionService
 
 log = logging.getLogger(__name__)
+
+
+class OrjsonProvider(JSONProvider):
+    """Responses carry brush RLE arrays of thousands of ints per region: orjson encodes them
+    ~13x faster than the standard library (4.4 ms → 0.3 ms for 47k ints, bench/RESULTS.md)."""
+
+    _options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+    def dumps(self, obj, **kwargs) -> str:
+        return orjson.dumps(obj, option=self._options).decode()
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
+
+    def response(self, *args, **kwargs) -> Response:
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(orjson.dumps(obj, option=self._options), mimetype="application/json")
 
 
 def _default_engine_factory(settings: Settings):
@@ -71,7 +90,7 @@ def create_app(settings: Settings | None = None, engine=None, *, engine_factory:
     for noisy in ("torch", "urllib3", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     app = Flask("sam3_backend")
-    app.config["JSON_SORT_KEYS"] = False
+    app.json = OrjsonProvider(app)
     holder = EngineHolder(settings, engine, engine_factory)
     fetcher = MediaFetcher(settings)
     service = PredictionService(settings, holder.engine, fetcher)
