@@ -484,3 +484,28 @@ def force_video_objects(model, k: int) -> None:
         return out
 
     model.run_detection = run_detection
+
+
+def pin_video_masks(output) -> None:
+    """Give every tracked object of one ``Sam3VideoModel`` output a disc-shaped low-res mask.
+
+    Random weights give empty (all-negative) masks, which ``postprocess_outputs`` drops before
+    its expensive part (upsampling every mask to the frame size and the non-overlap constraints
+    between objects), so post-processing would be measured on nothing. Call this between the
+    model and ``postprocess_outputs``: discs on a grid, neighbours overlapping a little. The
+    model's own state is untouched (the dict holds views built for this output only).
+    """
+    import torch
+
+    masks = output["obj_id_to_mask"]
+    n = len(masks)
+    for i, obj_id in enumerate(sorted(masks)):
+        low = masks[obj_id]
+        h, w = low.shape[-2:]
+        cy = (0.3 + 0.4 * ((i // 3) % 2)) * h
+        cx = (0.2 + 0.3 * (i % 3)) * w
+        yy = torch.arange(h, device=low.device, dtype=torch.float32)[:, None]
+        xx = torch.arange(w, device=low.device, dtype=torch.float32)[None, :]
+        inside = ((yy - cy) / (0.22 * h)) ** 2 + ((xx - cx) / (0.18 * w)) ** 2 <= 1
+        masks[obj_id] = torch.where(inside, 5.0, -5.0).to(low.dtype).reshape(low.shape)
+    assert len(masks) == n

@@ -46,6 +46,7 @@ def worker(length: int, objects: int, width: int, height: int, threads: int) -> 
     warm = processor.init_video_session(video=synthetic_clip(2, width, height, seed=9), inference_device="cpu")
     processor.add_text_prompt(warm, "object")
     for out in model.propagate_in_video_iterator(warm):
+        _models.pin_video_masks(out)
         processor.postprocess_outputs(warm, out)
     del warm, out
     rss_model = rss_mb()
@@ -66,11 +67,12 @@ def worker(length: int, objects: int, width: int, height: int, threads: int) -> 
         except StopIteration:
             break
         t1 = time.perf_counter()
+        _models.pin_video_masks(out)
         res = processor.postprocess_outputs(session, out)
         post_s.append(time.perf_counter() - t1)
         model_s.append(t1 - t0)
         tracked.append(len(out.object_ids))
-        assert tuple(res["masks"].shape[-2:]) == (height, width)
+        assert tuple(res["masks"].shape) == (objects, height, width), res["masks"].shape
         del res, out
     return {
         "length": length,
@@ -161,7 +163,9 @@ def main() -> dict:
             " `propagate_in_video_iterator` and `postprocess_outputs` (masks at the frame size) per frame."
             f" Video-capable tiny config ({p0['params'] / 1e6:.1f}M parameters, 112 px; the project's tiny checkpoint"
             " cannot track: tracker width 32, the memory path needs a multiple of 64 above 64); object count pinned"
-            " with `force_video_objects` (hot-start removal off, so every track lives to the end). Each point in a fresh"
+            " with `force_video_objects` (hot-start removal off, so every track lives to the end) and each object's"
+            " low-res mask replaced by a disc (`pin_video_masks`) before post-processing, so every frame yields one"
+            " mask per object (random masks can be empty and are then dropped unprocessed). Each point in a fresh"
             f" process; RSS figures relative to the built model ({p0['rss_model_mb']:,.0f} MiB incl. Python, torch,"
             " transformers). Synthetic clip of drifting shapes, frames held as uint8 arrays."
             " Command: `.venv/bin/python bench/bench_video.py`.",

@@ -290,7 +290,7 @@ def video(bench: Bench, model, processor, frames, objects: int, dtype) -> dict:
     (session, init_s) = _timed(bench, lambda: processor.init_video_session(
         video=frames, inference_device=dev, processing_device=dev, video_storage_device=dev, dtype=dtype))
     processor.add_text_prompt(session, "object")
-    model_s, post_s, tracked = [], [], []
+    model_s, post_s, tracked, kept = [], [], [], []
     iterator = model.propagate_in_video_iterator(session)
     while True:
         bench.sync()
@@ -301,12 +301,14 @@ def video(bench: Bench, model, processor, frames, objects: int, dtype) -> dict:
             break
         bench.sync()
         t1 = time.perf_counter()
+        _models.pin_video_masks(out)
         res = processor.postprocess_outputs(session, out)
         bench.sync()
         t2 = time.perf_counter()
         model_s.append(t1 - t0)
         post_s.append(t2 - t1)
         tracked.append(len(out.object_ids))
+        kept.append(int(res["masks"].shape[0]))
     n = len(model_s)
     return {
         "objects": objects,
@@ -319,6 +321,7 @@ def video(bench: Bench, model, processor, frames, objects: int, dtype) -> dict:
         "frame_postprocess": summary(post_s),
         "tracked_objects_min": min(tracked),
         "tracked_objects_max": max(tracked),
+        "masks_per_frame_min": min(kept),
         "mask_shape": list(res["masks"].shape),
     }
 

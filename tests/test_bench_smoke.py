@@ -54,4 +54,5 @@ def test_gpu_bench_smoke(tmp_path):
     assert {v["objects"] for v in videos.values()} == {1, 2}
     for v in videos.values():
         assert v["frames"] == 3 and v["model_fps"] > 0 and v["tracked_objects_max"] == v["objects"]
+        assert v["masks_per_frame_min"] == v["objects"]
     assert set(sections["attention"]) == {"sdpa", "eager"}
