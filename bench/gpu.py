@@ -36,7 +36,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import sys
 import time
 import traceback
