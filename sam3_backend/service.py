@@ -149,7 +149,7 @@ class PredictionService:
             instances, labels, config, image.width, image.height,
             polygon_tolerance=self.settings.polygon_tolerance,
         )
-        return prediction(regions, [inst.score for inst in instances if inst.mask.any()], self.engine.model_version)
+        return prediction(regions, [inst.score for inst in instances if not inst.is_empty], self.engine.model_version)
 
     def _interactive(self, tasks: list[dict], context: Any, config: ImageProjectConfig) -> dict:
         if not isinstance(context, dict):

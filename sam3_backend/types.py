@@ -78,8 +78,8 @@ class ConceptPrompt:
 class Instance:
     """One segmented object.
 
-    mask: (H, W) bool at the original image size. box: XYXY pixels, the mask's tight box when
-    the mask is non-empty. score: model confidence in [0, 1]. ``prompt_index`` says which
+    mask: (H, W) bool at the original image size. box: XYXY pixels, the mask's tight box
+    (x1 = last column + 1), (0, 0, 0, 0) for an empty mask. score: model confidence in [0, 1]. ``prompt_index`` says which
     prompt of the request produced it (index into the request's prompt list).
     """
 
@@ -87,6 +87,11 @@ class Instance:
     score: float
     box: tuple[float, float, float, float]
     prompt_index: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        """No pixel set (the box is degenerate): read from the box, not a 2-megapixel scan."""
+        return self.box[2] <= self.box[0] or self.box[3] <= self.box[1]
 
 
 @dataclass

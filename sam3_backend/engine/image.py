@@ -351,8 +351,9 @@ class Sam3ImageEngine:
                 keep = keep[scores[r, keep].argsort(descending=True)][:max_instances]
                 up = _upsample_masks(out.pred_masks[r, keep], im.height, im.width)
                 for m, s in zip(up, scores[r, keep].cpu().numpy()):
-                    if m.any():
-                        per_image[i].append(Instance(mask=m, score=float(s), box=_mask_box(m), prompt_index=members[c]))
+                    inst = Instance(mask=m, score=float(s), box=_mask_box(m), prompt_index=members[c])
+                    if not inst.is_empty:
+                        per_image[i].append(inst)
 
 
 def detector_forward(detector, vision, text_features, text_mask, kwargs):

@@ -156,9 +156,9 @@ def encode_regions(
         mask = np.asarray(instance.mask).astype(bool, copy=False)
         if mask.shape != (height, width):
             raise ValueError(f"instance mask is {mask.shape}, expected (height, width) = {(height, width)}")
-        box = mask_box(mask)
-        if box is None:
+        if instance.is_empty:
             continue
+        box = Box(*instance.box)  # the engine's tight mask box: no second scan of the mask
         score = float(instance.score)
 
         def emit(control: ControlTag, geometry: dict) -> None:
