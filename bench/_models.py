@@ -9,9 +9,8 @@ Models
   them) with random weights, built in memory (the real weights are gated). Timing is what a
   benchmark needs from it; its masks are meaningless. The tokenizer is the tiny checkpoint's
   (token ids only matter for the text tower's embedding lookup, not for its cost).
-* ``build_video(device, dtype, size="tiny"|"full")``: ``Sam3VideoModel`` + ``Sam3VideoProcessor``.
-  The project's tiny config cannot track (its tracker is 32 wide; the memory path needs a
-  multiple of 64 above 64, see SAM3-NOTES.md), so ``video_tiny_config`` is a video-capable one.
+* ``build_video(device, dtype, size="tiny"|"full")``: ``Sam3VideoModel`` + ``Sam3VideoProcessor``
+  (the tiny one is the project's ``engine.tiny.tiny_video_config``, whose tracker can track).
 * ``force_video_objects(model, k)``: random weights detect nothing (or everything), so the video
   model is made to track exactly ``k`` objects: each frame's detections are its ``k``
   highest-scoring queries, the hot-start heuristics that would drop unmatched tracks are off.
@@ -361,70 +360,6 @@ def build_fullsize(device: str = "cpu", dtype="float32", *, seed: int = 0, attn_
 # --------------------------------------------------------------------------- video
 
 
-def video_tiny_config(image_size: int = 112):
-    """A ~3M-parameter ``Sam3VideoConfig`` whose tracker can run its memory path.
-
-    The project's ``tiny_video_config`` (tracker hidden size 32) crashes as soon as an object is
-    tracked (``_prepare_memory_conditioned_features``: "Tensors must have same number of
-    dimensions: got 3 and 4"), because object pointers are split into 64-wide memory tokens.
-    Here every width the tracker sees is 128 (2 × 64): the FPN, the detector heads, the prompt
-    encoder, mask decoder and memory attention; the ViT stays 32 wide and 2 layers deep.
-    """
-    from transformers import Sam3Config, Sam3VideoConfig
-    from transformers.models.sam3.configuration_sam3 import (
-        Sam3DETRDecoderConfig,
-        Sam3DETREncoderConfig,
-        Sam3GeometryEncoderConfig,
-        Sam3MaskDecoderConfig,
-        Sam3VisionConfig,
-        Sam3ViTConfig,
-    )
-    from transformers.models.sam3_tracker_video.configuration_sam3_tracker_video import (
-        Sam3TrackerVideoConfig,
-        Sam3TrackerVideoMaskDecoderConfig,
-        Sam3TrackerVideoPromptEncoderConfig,
-    )
-
-    from sam3_backend.engine.tiny import tiny_video_config
-
-    base = tiny_video_config(image_size)  # for the text tower and token ids
-    patch, width = 14, 128
-    side = image_size // patch
-
-    def vision():
-        backbone = Sam3ViTConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            image_size=image_size, patch_size=patch, window_size=4, global_attn_indexes=[1],
-            pretrain_image_size=image_size,
-        )
-        return Sam3VisionConfig(backbone_config=backbone, fpn_hidden_size=width, scale_factors=[4.0, 2.0, 1.0, 0.5])
-
-    text = base.detector_config.text_config.to_dict()
-    text["projection_dim"] = width
-    detector = Sam3Config(
-        vision_config=vision(),
-        text_config=text,
-        geometry_encoder_config=Sam3GeometryEncoderConfig(hidden_size=width, num_layers=1, num_attention_heads=4, intermediate_size=128),
-        detr_encoder_config=Sam3DETREncoderConfig(hidden_size=width, num_layers=1, num_attention_heads=4, intermediate_size=128),
-        detr_decoder_config=Sam3DETRDecoderConfig(hidden_size=width, num_layers=1, num_queries=16, num_attention_heads=4, intermediate_size=128),
-        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=width, num_upsampling_stages=2, num_attention_heads=4),
-    )
-    tracker = Sam3TrackerVideoConfig(
-        vision_config=vision(),
-        prompt_encoder_config=Sam3TrackerVideoPromptEncoderConfig(hidden_size=width, image_size=image_size, patch_size=patch),
-        mask_decoder_config=Sam3TrackerVideoMaskDecoderConfig(
-            hidden_size=width, mlp_dim=128, num_hidden_layers=1, num_attention_heads=4, iou_head_hidden_dim=64
-        ),
-        memory_attention_hidden_size=width, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=128,
-        memory_attention_rope_feat_sizes=[side, side],
-        memory_encoder_hidden_size=width, memory_encoder_output_channels=64, mask_downsampler_embed_dim=width,
-        memory_fuser_embed_dim=width, memory_fuser_intermediate_dim=128, memory_fuser_num_layers=1,
-        image_size=image_size,
-    )
-    # The tracker's low-res masks are 4x the patch grid (288 at 1008 px; 32 at 112 px).
-    return Sam3VideoConfig(detector_config=detector, tracker_config=tracker, low_res_mask_size=4 * side)
-
-
 def video_processor(image_size: int):
     from transformers import Sam3ImageProcessor, Sam3VideoProcessor
     from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
@@ -444,9 +379,11 @@ def build_video(device: str = "cpu", dtype="float32", *, size: str = "tiny", see
     import torch
     from transformers import Sam3VideoConfig, Sam3VideoModel
 
+    from sam3_backend.engine.tiny import tiny_video_config
+
     dev = torch.device(device)
     torch.manual_seed(seed)
-    cfg = video_tiny_config() if size == "tiny" else Sam3VideoConfig()
+    cfg = tiny_video_config() if size == "tiny" else Sam3VideoConfig()
     with dev:
         model = Sam3VideoModel(cfg)
     if attn_implementation:

@@ -9,7 +9,7 @@ The model path the backend's video support will use: transformers' ``Sam3VideoMo
 The project's tiny checkpoint cannot track: its tracker is 32 wide and the memory path needs a
 multiple of 64 above 64 (tracking one object fails in ``_prepare_memory_conditioned_features``
 with "Tensors must have same number of dimensions: got 3 and 4"). So this uses
-``_models.video_tiny_config`` (ViT 32 wide, 2 layers, 112 px; every tracker width 128) and pins
+``sam3_backend.engine.tiny.tiny_video_config`` (ViT 32 wide, 2 layers, 112 px; every tracker width 128) and pins
 the number of tracked objects with ``_models.force_video_objects`` (random weights detect
 nothing useful). Each (length, objects) point runs in a fresh process so its peak RSS is its own.
 """

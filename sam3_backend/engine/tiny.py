@@ -53,7 +53,12 @@ def _write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
 
 
 def tiny_video_config(image_size: int = 112):
-    """Config of a ~2M-parameter SAM 3 (detector + tracker) with the real architecture's wiring."""
+    """Config of a ~3M-parameter SAM 3 (detector + tracker) with the real architecture's wiring.
+
+    The ViT is 32 wide and 2 layers deep; every width the tracker sees is 128, because its
+    memory path splits object pointers into 64-wide tokens (a 32-wide tracker segments images
+    but crashes as soon as it tracks an object through a video).
+    """
     from transformers import Sam3Config, Sam3VideoConfig
     from transformers.models.sam3.configuration_sam3 import (
         Sam3DETRDecoderConfig,
@@ -69,9 +74,10 @@ def tiny_video_config(image_size: int = 112):
         Sam3TrackerVideoPromptEncoderConfig,
     )
 
-    patch = 14
+    patch, width = 14, 128
     if image_size % (patch * 4):
         raise ValueError(f"image_size must be a multiple of {patch * 4}")
+    side = image_size // patch
 
     def vision():
         backbone = Sam3ViTConfig(
@@ -79,34 +85,37 @@ def tiny_video_config(image_size: int = 112):
             image_size=image_size, patch_size=patch, window_size=4, global_attn_indexes=[1],
             pretrain_image_size=image_size,
         )
-        return Sam3VisionConfig(backbone_config=backbone, fpn_hidden_size=32, scale_factors=[4.0, 2.0, 1.0, 0.5])
+        return Sam3VisionConfig(backbone_config=backbone, fpn_hidden_size=width, scale_factors=[4.0, 2.0, 1.0, 0.5])
+
+    def layer(cls, **extra):
+        return cls(hidden_size=width, num_layers=1, num_attention_heads=4, intermediate_size=128, **extra)
 
     detector = Sam3Config(
         vision_config=vision(),
         text_config=dict(
-            vocab_size=1000, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1,
+            vocab_size=1000, hidden_size=32, intermediate_size=64, projection_dim=width, num_hidden_layers=1,
             num_attention_heads=4, max_position_embeddings=32, hidden_act="gelu",
             bos_token_id=_BOS_ID, eos_token_id=_EOS_ID, pad_token_id=_EOS_ID,
         ),
-        geometry_encoder_config=Sam3GeometryEncoderConfig(hidden_size=32, num_layers=1, num_attention_heads=4, intermediate_size=64),
-        detr_encoder_config=Sam3DETREncoderConfig(hidden_size=32, num_layers=1, num_attention_heads=4, intermediate_size=64),
-        detr_decoder_config=Sam3DETRDecoderConfig(hidden_size=32, num_layers=1, num_queries=10, num_attention_heads=4, intermediate_size=64),
-        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=32, num_upsampling_stages=2, num_attention_heads=4),
+        geometry_encoder_config=layer(Sam3GeometryEncoderConfig),
+        detr_encoder_config=layer(Sam3DETREncoderConfig),
+        detr_decoder_config=layer(Sam3DETRDecoderConfig, num_queries=16),
+        mask_decoder_config=Sam3MaskDecoderConfig(hidden_size=width, num_upsampling_stages=2, num_attention_heads=4),
     )
-    # The tracker's memory path needs hidden sizes that are multiples of 64 (its memory
-    # key/value width is fixed at 64), so the tracker is a little wider than the detector.
     tracker = Sam3TrackerVideoConfig(
         vision_config=vision(),
-        prompt_encoder_config=Sam3TrackerVideoPromptEncoderConfig(hidden_size=32, image_size=image_size, patch_size=patch),
+        prompt_encoder_config=Sam3TrackerVideoPromptEncoderConfig(hidden_size=width, image_size=image_size, patch_size=patch),
         mask_decoder_config=Sam3TrackerVideoMaskDecoderConfig(
-            hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=4, iou_head_hidden_dim=32
+            hidden_size=width, mlp_dim=128, num_hidden_layers=1, num_attention_heads=4, iou_head_hidden_dim=64
         ),
-        memory_attention_hidden_size=32, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
-        memory_encoder_hidden_size=32, memory_encoder_output_channels=64, mask_downsampler_embed_dim=32,
-        memory_fuser_embed_dim=32, memory_fuser_intermediate_dim=64, memory_fuser_num_layers=1,
+        memory_attention_hidden_size=width, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=128,
+        memory_attention_rope_feat_sizes=[side, side],
+        memory_encoder_hidden_size=width, memory_encoder_output_channels=64, mask_downsampler_embed_dim=width,
+        memory_fuser_embed_dim=width, memory_fuser_intermediate_dim=128, memory_fuser_num_layers=1,
         image_size=image_size,
     )
-    return Sam3VideoConfig(detector_config=detector, tracker_config=tracker)
+    # The tracker's low-res masks are 4x the patch grid (288 at 1008 px, 32 at 112 px).
+    return Sam3VideoConfig(detector_config=detector, tracker_config=tracker, low_res_mask_size=4 * side)
 
 
 def write_tiny_checkpoint(folder: str | Path, *, seed: int = 0, image_size: int = 112) -> Path:

@@ -79,3 +79,27 @@ def test_tiny_checkpoint_uses_the_published_key_layout(tiny_checkpoint):
     assert not [k for k in keys if k.startswith("tracker_model.tracker_model.")]
     assert "detector_model.vision_encoder.backbone.embeddings.patch_embeddings.projection.weight" in keys
     assert any(k.startswith("tracker_model.mask_decoder.conv_s0.") for k in keys)
+
+
+def test_tiny_checkpoint_runs_the_video_models(tiny_checkpoint):
+    """The test model must serve the future video path too: the text-prompted video model
+    propagates through a clip from the same folder (a 32-wide tracker used to crash here)."""
+    import numpy as np
+    from transformers import Sam3VideoModel, Sam3VideoProcessor
+
+    model = Sam3VideoModel.from_pretrained(str(tiny_checkpoint)).eval()
+    # random weights score low: accept every detection so objects are actually tracked
+    model.config.score_threshold_detection = model.config.new_det_thresh = 0.0
+    model.score_threshold_detection = model.new_det_thresh = 0.0
+    processor = Sam3VideoProcessor.from_pretrained(str(tiny_checkpoint))
+    frames = [np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8) for i in range(3)]
+    session = processor.init_video_session(video=frames, inference_device="cpu")
+    session = processor.add_text_prompt(inference_session=session, text="cat")
+    seen, tracked = [], []
+    with torch.inference_mode():
+        for out in model.propagate_in_video_iterator(inference_session=session, max_frame_num_to_track=3):
+            post = processor.postprocess_outputs(session, out)
+            seen.append(out.frame_idx)
+            tracked.append(len(post["object_ids"]))
+    assert seen == [0, 1, 2]
+    assert max(tracked) > 0, "no object was tracked: the memory path was not exercised"
