@@ -123,6 +123,7 @@ def _resolve_folder(source: ModelSource) -> Path:
 def load_sam3(source: ModelSource, device: str = "auto", dtype: str = "auto") -> LoadedSam3:
     """Load detector + tracker from one checkpoint, strictly; share the ViT backbone."""
     from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel
+    from transformers.utils import logging as hf_logging
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -130,9 +131,15 @@ def load_sam3(source: ModelSource, device: str = "auto", dtype: str = "auto") ->
     try:
         detector, info = Sam3Model.from_pretrained(folder, output_loading_info=True, dtype=dt)
         _check_report("Sam3Model", info)
-        tracker, info = Sam3TrackerModel.from_pretrained(
-            folder, output_loading_info=True, dtype=dt, key_mapping=TRACKER_KEY_MAPPING
-        )
+        # transformers warns that a sam3_video config builds a sam3_tracker: that is the point.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            tracker, info = Sam3TrackerModel.from_pretrained(
+                folder, output_loading_info=True, dtype=dt, key_mapping=TRACKER_KEY_MAPPING
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
         _check_report("Sam3TrackerModel", info)
         processor = Sam3Processor.from_pretrained(folder)
     except ModelLoadError:
