@@ -84,7 +84,10 @@ def _upsample_masks(low_res: torch.Tensor, height: int, width: int) -> np.ndarra
         import cv2
 
         logits = low_res.float().numpy()
-        return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) > 0 for m in logits])
+        out = np.empty((len(logits), height, width), dtype=bool)
+        for m, dst in zip(logits, out):
+            np.greater(cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR), 0, out=dst)
+        return out
     up = F.interpolate(low_res.float()[:, None], size=(height, width), mode="bilinear", align_corners=False)
     return (up[:, 0] > 0).cpu().numpy()
 
