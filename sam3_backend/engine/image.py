@@ -130,7 +130,9 @@ class Sam3ImageEngine:
     def _pixel_values(self, images: Sequence[ImageInput]) -> torch.Tensor:
         processor = self.model.processor.image_processor
         with self._stage("preprocess"):
-            batch = processor(images=[im.pixels if im.pixels.flags.writeable else im.pixels.copy() for im in images], return_tensors="pt", device=self.device)
+            pixels = [im.pixels if im.pixels.flags.writeable else im.pixels.copy() for im in images]
+            # Always HWC: the processor's guess is wrong for images 1-3 pixels high.
+            batch = processor(images=pixels, return_tensors="pt", device=self.device, input_data_format="channels_last")
             return batch["pixel_values"].to(self.device, self.dtype)
 
     def _backbone(self, images: Sequence[ImageInput]) -> list[torch.Tensor]:

@@ -127,3 +127,38 @@ def test_empty_inputs(engine):
     assert engine.segment_objects(make_image(), []) == []
     assert engine.segment_concepts([], [ConceptPrompt("cat")]) == []
     assert engine.segment_concepts([make_image()], []) == [[]]
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (1, 300), (300, 2), (3, 3), (7, 5)])
+def test_degenerate_image_shapes_are_read_as_hwc(engine, loaded_model, h, w):
+    """Images 1-3 px high used to be misread as channels-first by the image processor."""
+    image = make_image(h, w, seed=h * 1000 + w)
+    pixel_values = engine._pixel_values([image])
+    size = loaded_model.image_size
+    assert tuple(pixel_values.shape) == (1, 3, size, size)
+    # a uniform-colour image must come out uniform in every channel (no channel/height mix-up)
+    flat = make_image(h, w)
+    flat.pixels[...] = (200, 10, 90)
+    values = engine._pixel_values([flat])[0]
+    for channel in range(3):
+        assert torch.allclose(values[channel], values[channel, 0, 0].expand_as(values[channel]), atol=1e-5)
+    assert not torch.allclose(values[0, 0, 0], values[1, 0, 0])
+    [inst] = engine.segment_objects(image, [GeometryPrompt(box=Box(0, 0, w, h))])
+    assert inst.mask.shape == (h, w)
+
+
+def test_bfloat16_runs_every_path(tiny_checkpoint):
+    """The CUDA default dtype, exercised on CPU so CI catches dtype mismatches in our code."""
+    from sam3_backend.engine.image import Sam3ImageEngine
+    from sam3_backend.engine.loading import ModelSource, load_sam3
+
+    model = load_sam3(ModelSource(str(tiny_checkpoint)), device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    assert next(model.detector.parameters()).dtype == torch.bfloat16
+    engine = Sam3ImageEngine(model)
+    image = make_image(50, 70)
+    objects = engine.segment_objects(image, [GeometryPrompt(points=(Point(10, 10), Point(60, 40, False)), box=Box(2, 2, 40, 40))])
+    assert objects[0].mask.shape == (50, 70) and 0.0 <= objects[0].score <= 1.0
+    found = engine.segment_concepts([image], [ConceptPrompt("cat"), ConceptPrompt("dog", (Box(1, 1, 30, 30),))],
+                                    threshold=0.0)
+    assert found[0] and all(i.mask.dtype == bool for i in found[0])
