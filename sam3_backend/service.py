@@ -117,32 +117,70 @@ class PredictionService:
         return prediction([], [], self.engine.model_version)
 
     def _prelabel(self, tasks: list[dict], config: ImageProjectConfig) -> list[dict]:
-        """All tasks, one result each, in order; every label of the config is a concept."""
-        loaded: list[ImageInput | None] = [None] * len(tasks)
-        futures = [self._pool.submit(self._load, t, config) for t in tasks]
-        for i, fut in enumerate(futures):
-            try:
-                loaded[i] = fut.result()
-            except BackendError as exc:
-                self.metrics.task_errors += 1
-                log.error("task %s: %s", tasks[i].get("id"), exc)
-            except Exception:  # one task's surprise must not cost the others their results
-                self.metrics.task_errors += 1
-                log.exception("task %s: unexpected error while loading its image", tasks[i].get("id"))
-        good = [i for i, im in enumerate(loaded) if im is not None]
+        """All tasks, one result each, in order; every label of the config is a concept.
+
+        Tasks go through in chunks, the next chunk's downloads running while the model works on
+        this one, so a 1000-task request never holds 1000 decoded images at once.
+        """
         concepts = [ConceptPrompt(config.concept_text(label)) for label in config.labels]
-        found = self.engine.segment_concepts(
-            [loaded[i] for i in good], concepts,
-            threshold=self.settings.score_threshold,
-            max_instances=self.settings.max_instances,
-            batch_size=self.settings.prelabel_batch_size,
-        ) if good else []
         results = [self._empty() for _ in tasks]
-        for i, instances in zip(good, found):
-            image = loaded[i]
-            labels = [config.labels[inst.prompt_index] for inst in instances]
-            results[i] = self._encode(instances, labels, config, image)
+        chunk = max(1, self.settings.prelabel_batch_size) * 2
+        starts = list(range(0, len(tasks), chunk))
+        pending = [self._pool.submit(self._load, t, config) for t in tasks[:chunk]]
+        for start in starts:
+            futures = pending
+            upcoming = tasks[start + chunk : start + 2 * chunk]
+            pending = [self._pool.submit(self._load, t, config) for t in upcoming]
+            loaded = [self._loaded(fut, tasks[start + j]) for j, fut in enumerate(futures)]
+            good = [j for j, im in enumerate(loaded) if im is not None]
+            found = self._segment_isolated(
+                [loaded[j] for j in good], concepts, [tasks[start + j].get("id") for j in good]
+            )
+            for j, instances in zip(good, found):
+                if instances is not None:
+                    labels = [config.labels[inst.prompt_index] for inst in instances]
+                    results[start + j] = self._encode(instances, labels, config, loaded[j])
         return results
+
+    def _loaded(self, future, task: dict) -> ImageInput | None:
+        """A task's image, or None with the reason logged: one task's failure is its own."""
+        try:
+            return future.result()
+        except BackendError as exc:
+            self.metrics.task_errors += 1
+            log.error("task %s: %s", task.get("id"), exc)
+        except Exception:
+            self.metrics.task_errors += 1
+            log.exception("task %s: unexpected error while loading its image", task.get("id"))
+        return None
+
+    def _segment_isolated(self, images: list[ImageInput], concepts, task_ids) -> list[list[Instance] | None]:
+        """The batched engine call; if it fails (a GPU out of memory on a big batch, one odd
+        image), each image again on its own, so only the image that fails loses its result."""
+        if not images:
+            return []
+        kwargs = dict(threshold=self.settings.score_threshold, max_instances=self.settings.max_instances)
+        try:
+            return self.engine.segment_concepts(images, concepts, batch_size=self.settings.prelabel_batch_size, **kwargs)
+        except EngineNotReady:
+            raise
+        except Exception:
+            if len(images) == 1:
+                self.metrics.task_errors += 1
+                log.exception("task %s: the model failed on its image", task_ids[0])
+                return [None]
+            log.exception("batched prelabel of %d images failed; retrying them one by one", len(images))
+        out: list[list[Instance] | None] = []
+        for image, task_id in zip(images, task_ids):
+            try:
+                out.append(self.engine.segment_concepts([image], concepts, batch_size=1, **kwargs)[0])
+            except EngineNotReady:
+                raise
+            except Exception:
+                self.metrics.task_errors += 1
+                log.exception("task %s: the model failed on its image", task_id)
+                out.append(None)
+        return out
 
     def _encode(self, instances, labels, config, image: ImageInput) -> dict:
         regions = encode_regions(

@@ -264,3 +264,52 @@ def test_unexpected_errors_become_a_generic_500_without_traceback(make_app, payl
     r = app.test_client().post("/predict", json=recorded(payloads, KEYPOINT1, FULL_CONFIG))
     assert r.status_code == 500
     assert "secret" not in r.get_data(as_text=True)
+
+
+def _tasks(urls):
+    return [{"id": i + 1, "data": {"image": url}} for i, url in enumerate(urls)]
+
+
+SIZES = {  # (width, height) of the fake Label Studio's files
+    "/data/upload/1/8db9e49a-img0.png": (64, 48),
+    "/data/upload/1/b04a6451-img2.png": (40, 60),
+}
+
+
+def test_large_batches_stream_in_chunks_and_keep_task_order(make_app):
+    client = make_app(prelabel_batch_size=1).test_client()  # chunks of 2 tasks
+    urls = ["/data/upload/1/8db9e49a-img0.png", "/data/upload/1/missing.png", "/data/upload/1/b04a6451-img2.png",
+            "/data/upload/1/b04a6451-img2.png", "/data/upload/1/not-an-image.png", "/data/upload/1/8db9e49a-img0.png",
+            "/data/upload/1/b04a6451-img2.png"]
+    r = client.post("/predict", json={"tasks": _tasks(urls), "label_config": FULL_CONFIG})
+    assert r.status_code == 200
+    results = r.json["results"]
+    assert len(results) == len(urls)
+    for url, result in zip(urls, results):
+        if url in SIZES:
+            assert result["result"], url
+            region = result["result"][0]
+            assert (region["original_width"], region["original_height"]) == SIZES[url]
+        else:
+            assert result["result"] == []
+    assert client.get("/metrics").json["service"]["task_errors"] == 2
+
+
+def test_a_model_failure_on_one_image_costs_only_that_task(make_app):
+    app = make_app()
+    engine = app.extensions["sam3"]["holder"].engine
+    real = engine.segment_concepts
+
+    def fails_on_tall_images(images, concepts, **kwargs):
+        if any(im.height == 60 for im in images):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(images, concepts, **kwargs)
+
+    engine.segment_concepts = fails_on_tall_images
+    client = app.test_client()
+    urls = ["/data/upload/1/8db9e49a-img0.png", "/data/upload/1/b04a6451-img2.png", "/data/upload/1/8db9e49a-img0.png"]
+    r = client.post("/predict", json={"tasks": _tasks(urls), "label_config": FULL_CONFIG})
+    assert r.status_code == 200
+    got = [bool(res["result"]) for res in r.json["results"]]
+    assert got == [True, False, True]
+    assert client.get("/metrics").json["service"]["task_errors"] == 1
