@@ -60,7 +60,9 @@ class PredictionService:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
 
     # ------------------------------------------------------------------ /setup
-    def setup(self, payload: dict) -> dict:
+    def setup(self, payload: Any) -> dict:
+        if not isinstance(payload, dict):
+            raise BadRequest("the /setup body must be a JSON object with 'schema' (the label config)")
         schema = payload.get("schema") or payload.get("label_config")
         if schema is not None:
             if not isinstance(schema, str):

@@ -38,6 +38,9 @@ def test_setup_returns_model_version_and_validates_config(client, payloads):
     r = client.post("/setup", json=dict(body, schema="<View><Text name='t' value='$t'/></View>"))
     assert r.status_code == 400
     assert "Image" in r.json["error"]
+    for bad in ([], "x", {"schema": 5}):
+        r = client.post("/setup", json=bad)
+        assert r.status_code == 400 and r.json["error"]
 
 
 def test_batch_prelabel_answers_every_task_in_order(client, payloads, fake_ls):
