@@ -341,22 +341,29 @@ class Sam3ImageEngine:
 
     def _collect(self, out, images, members, threshold, max_instances, per_image) -> None:
         """Scores as transformers computes them (query × presence); masks upsampled only for the
-        kept queries, straight to the original size."""
+        kept queries, straight to the original size, one upsample + transfer per image (not per
+        image × concept: on a GPU each transfer is a sync)."""
         n_con = len(members)
         with self._stage("postprocess"), torch.inference_mode():
             scores = out.pred_logits.float().sigmoid()
             if out.presence_logits is not None:
                 scores = scores * out.presence_logits.float().sigmoid()
-            for r in range(scores.shape[0]):
-                i, c = divmod(r, n_con)
-                im = images[i]
-                keep = torch.nonzero(scores[r] > threshold).flatten()
-                if keep.numel() == 0:
+            host_scores = scores.cpu().numpy()  # one small transfer; selection happens here
+            for i, im in enumerate(images):
+                rows, queries, kept = [], [], []
+                for c in range(n_con):
+                    r = i * n_con + c
+                    order = np.argsort(-host_scores[r], kind="stable")
+                    order = order[host_scores[r, order] > threshold][:max_instances]
+                    rows += [r] * len(order)
+                    queries += order.tolist()
+                    kept += [(members[c], float(host_scores[r, q])) for q in order]
+                if not kept:
                     continue
-                keep = keep[scores[r, keep].argsort(descending=True)][:max_instances]
-                up = _upsample_masks(out.pred_masks[r, keep], im.height, im.width)
-                for m, s in zip(up, scores[r, keep].cpu().numpy()):
-                    inst = Instance(mask=m, score=float(s), box=_mask_box(m), prompt_index=members[c])
+                index = (torch.tensor(rows, device=scores.device), torch.tensor(queries, device=scores.device))
+                masks = _upsample_masks(out.pred_masks[index], im.height, im.width)
+                for mask, (concept, score) in zip(masks, kept):
+                    inst = Instance(mask=mask, score=score, box=_mask_box(mask), prompt_index=concept)
                     if not inst.is_empty:
                         per_image[i].append(inst)
 
