@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 from flask import Flask, Response, jsonify, request

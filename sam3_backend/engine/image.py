@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -312,7 +312,6 @@ class Sam3ImageEngine:
 
     def _detect(self, images, concepts, text_feats, fpn, pos, n_ex):
         """DETR head over images × concepts, image-major: row r = image r // C, concept r % C."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
         n_img, n_con = len(images), len(concepts)

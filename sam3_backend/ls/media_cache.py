@@ -8,7 +8,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
+from collections.abc import Callable
 
 _STALE_PART_SECONDS = 3600  # .part files older than this were left by a crashed process
 

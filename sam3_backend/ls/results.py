@@ -19,7 +19,7 @@ coordinates are of the original image.
 from __future__ import annotations
 
 import secrets
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -159,20 +159,18 @@ def encode_regions(
         if instance.is_empty:
             continue
         box = Box(*instance.box)  # the engine's tight mask box: no second scan of the mask
-        score = float(instance.score)
-
-        def emit(control: ControlTag, geometry: dict) -> None:
-            regions.extend(_regions_for(control, geometry, label, score, config, width, height, taken))
-
+        geometries: list[tuple[ControlTag, dict]] = []
         if config.brush is not None:
-            emit(config.brush, {"format": "rle", "rle": encode_rle(mask)})
+            geometries.append((config.brush, {"format": "rle", "rle": encode_rle(mask)}))
         if config.polygon is not None:
             for polygon in mask_polygons(mask, polygon_tolerance):
                 points = [list(pixels_to_percent(px, py, width, height)) for px, py in polygon]
-                emit(config.polygon, {"points": points, "closed": True})
+                geometries.append((config.polygon, {"points": points, "closed": True}))
         if config.rectangle is not None:
             x, y, w, h = box_to_ls_rect(box, width, height)
-            emit(config.rectangle, {"x": x, "y": y, "width": w, "height": h, "rotation": 0})
+            geometries.append((config.rectangle, {"x": x, "y": y, "width": w, "height": h, "rotation": 0}))
+        for control, geometry in geometries:
+            regions.extend(_regions_for(control, geometry, label, float(instance.score), config, width, height, taken))
     return regions
 
 
