@@ -144,8 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import BackendError, ModelLoadError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (OSError, ValueError, ModelLoadError, BackendError) as exc:  # bad settings, file, weights: say so
+        print(f"sam3-backend {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -70,3 +70,12 @@ def test_wsgi_entry_point_serves_the_app(tiny_checkpoint, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("200 UP")
+
+
+def test_bad_settings_and_missing_files_exit_with_a_message(tmp_path, tiny_checkpoint):
+    env = dict(_env(tiny_checkpoint), SAM3_SCORE_THRESHOLD="7")
+    r = subprocess.run(CLI + ["serve"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "SAM3_SCORE_THRESHOLD" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(CLI + ["predict", str(tmp_path / "nope.png"), "--text", "x", "--out", str(tmp_path)],
+                       env=_env(tiny_checkpoint), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "nope.png" in r.stderr and "Traceback" not in r.stderr
