@@ -162,8 +162,14 @@ class Sam3ImageEngine:
         return hidden.view(hidden.shape[0], side, side, -1).permute(0, 3, 1, 2)
 
     def _tracker_embeddings(self, image: ImageInput) -> list[torch.Tensor]:
-        """The tracker's image embeddings, exactly as ``Sam3TrackerModel.get_image_embeddings``
-        builds them, but from the cached backbone output (no second encoder pass)."""
+        """The tracker's image embeddings from the cached backbone output (no second encoder pass).
+
+        Built as SAM 3 builds them (and transformers' ``Sam3TrackerVideoModel`` /
+        ``Sam3VideoModel``): the neck's lowest level (0.5×) is dropped, levels 0 and 1 are
+        pre-projected for the mask decoder, and the learned no-memory embedding is added to the
+        72×72 level. transformers 5.24's image-only ``Sam3TrackerModel.get_image_embeddings``
+        adds it to the dropped level instead, so its 72×72 features miss it.
+        """
         key = (self.model_version, image.key, "tracker")
         cached = self.features.get(key)
         if cached is not None:
@@ -173,15 +179,12 @@ class Sam3ImageEngine:
         hidden = self._backbone([image])[0]
         with self._stage("tracker_neck"), torch.inference_mode():
             fpn, _ = tracker.vision_encoder.neck(self._spatial(hidden))
-            maps = list(fpn)
+            sizes = tracker.backbone_feature_sizes
+            maps = list(fpn[: len(sizes)])
             maps[0] = tracker.mask_decoder.conv_s0(maps[0])
             maps[1] = tracker.mask_decoder.conv_s1(maps[1])
-            maps = [m.flatten(2).permute(2, 0, 1) for m in maps]
-            maps[-1] = maps[-1] + tracker.no_memory_embedding
-            embeddings = [
-                m.permute(1, 2, 0).reshape(1, -1, *size).contiguous()
-                for m, size in zip(maps, tracker.backbone_feature_sizes)
-            ]
+            maps[-1] = maps[-1] + tracker.no_memory_embedding.reshape(1, -1, 1, 1)
+            embeddings = [m.contiguous() for m in maps]
         self.features.put(key, embeddings)
         return embeddings
 

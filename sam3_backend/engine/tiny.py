@@ -130,6 +130,12 @@ def write_tiny_checkpoint(folder: str | Path, *, seed: int = 0, image_size: int 
     config = tiny_video_config(image_size)
     setattr(config, TEST_MODEL_MARKER, True)
     model = Sam3VideoModel(config).eval()
+    # Learned embeddings that transformers initialises to zero would hide mistakes in how they
+    # are applied (a zero added anywhere is invisible): give them values, as trained weights have.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim and not param.any():
+                param.normal_(std=0.02)
     model.save_pretrained(folder)
     # save_pretrained runs transformers' key conversion in reverse and writes the tracker as
     # ``tracker_model.tracker_model.*``; the published checkpoint has ``tracker_model.*``.

@@ -6,27 +6,42 @@ from helpers import make_image
 from sam3_backend.types import Box, ConceptPrompt, GeometryPrompt, Point
 
 
-def test_tracker_embeddings_equal_transformers_own(engine, loaded_model):
-    """Our embeddings come from the cached backbone; they must equal get_image_embeddings'."""
+def _reference_embeddings(tiny_checkpoint, pixel_values):
+    """What SAM 3's tracker feeds its mask decoder, from transformers' Sam3TrackerVideoModel:
+    neck features without the 0.5x level, the no-memory embedding on the 72x72 level."""
+    from transformers import Sam3TrackerVideoModel
+
+    video_tracker = Sam3TrackerVideoModel.from_pretrained(str(tiny_checkpoint)).eval()
+    assert video_tracker.no_memory_embedding.abs().sum() > 0  # non-zero, so the tests can tell
+    with torch.inference_mode():
+        maps = video_tracker.get_image_features(pixel_values).fpn_hidden_states
+        maps[-1] = maps[-1] + video_tracker.no_memory_embedding
+        return [m.permute(1, 2, 0).reshape(1, -1, *size) for m, size in zip(maps, video_tracker.backbone_feature_sizes)]
+
+
+def test_tracker_embeddings_equal_the_video_trackers(engine, tiny_checkpoint):
+    """Our embeddings come from the cached backbone; transformers 5.24's image-only
+    Sam3TrackerModel.get_image_embeddings puts the no-memory embedding on a dropped level."""
     image = make_image()
-    pixel_values = engine._pixel_values([image])
-    reference = loaded_model.tracker.get_image_embeddings(pixel_values)
+    reference = _reference_embeddings(tiny_checkpoint, engine._pixel_values([image]))
     ours = engine._tracker_embeddings(image)
-    assert len(ours) == len(reference)
+    assert len(ours) == len(reference) == 3
     for a, b in zip(ours, reference):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b)
 
 
-def test_click_masks_equal_transformers_pipeline(engine, loaded_model):
-    """segment_objects == Sam3TrackerProcessor + Sam3TrackerModel(pixel_values=...) end to end."""
+def test_click_masks_equal_transformers_pipeline(engine, loaded_model, tiny_checkpoint):
+    """segment_objects == Sam3TrackerProcessor + Sam3TrackerModel + post_process_masks on the
+    reference embeddings: same point transform, candidate choice, upsampling and score."""
     from transformers import Sam3TrackerProcessor
 
     image = make_image(60, 80, seed=3)
     processor = Sam3TrackerProcessor.from_pretrained("facebook/sam3")
     inputs = processor(images=image.pixels, input_points=[[[[30.0, 20.0]]]], input_labels=[[[1]]], return_tensors="pt")
+    embeddings = _reference_embeddings(tiny_checkpoint, inputs["pixel_values"])
     with torch.inference_mode():
-        out = loaded_model.tracker(pixel_values=inputs["pixel_values"], input_points=inputs["input_points"],
+        out = loaded_model.tracker(image_embeddings=embeddings, input_points=inputs["input_points"],
                                    input_labels=inputs["input_labels"], multimask_output=True)
     masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], binarize=False)[0][0]
     best = int(out.iou_scores[0, 0].argmax())
