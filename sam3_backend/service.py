@@ -95,6 +95,11 @@ class PredictionService:
             results = [self._interactive(tasks, context, config)] if tasks else []
         self.metrics.tasks_predicted += len(tasks)
         self.metrics.last_predict_seconds = time.perf_counter() - started
+        log.info(
+            "predict: %s, %d task(s), %d region(s), %.3f s",
+            "batch" if context is None else "interactive", len(tasks),
+            sum(len(r["result"]) for r in results), self.metrics.last_predict_seconds,
+        )
         return {"results": results, "model_version": self.engine.model_version}
 
     def _label_config(self, payload: dict) -> str:
