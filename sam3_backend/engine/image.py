@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -81,8 +82,6 @@ def _upsample_masks(low_res: torch.Tensor, height: int, width: int) -> np.ndarra
     if low_res.shape[0] == 0:
         return np.zeros((0, height, width), bool)
     if low_res.device.type == "cpu":
-        import cv2
-
         logits = low_res.float().numpy()
         out = np.empty((len(logits), height, width), dtype=bool)
         for m, dst in zip(logits, out):
@@ -93,12 +92,12 @@ def _upsample_masks(low_res: torch.Tensor, height: int, width: int) -> np.ndarra
 
 
 def _mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    """Tight XYXY pixel box of a boolean mask (pixel edges: x1 = last column + 1)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    """Tight XYXY pixel box of a boolean mask (pixel edges: x1 = last column + 1); zeros when
+    empty. OpenCV's boundingRect is ~10x faster than two numpy reductions at 1080p."""
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
+    if w == 0:
         return (0.0, 0.0, 0.0, 0.0)
-    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+    return (float(x), float(y), float(x + w), float(y + h))
 
 
 class Sam3ImageEngine:

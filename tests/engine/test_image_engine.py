@@ -177,3 +177,16 @@ def test_bfloat16_runs_every_path(tiny_checkpoint):
     found = engine.segment_concepts([image], [ConceptPrompt("cat"), ConceptPrompt("dog", (Box(1, 1, 30, 30),))],
                                     threshold=0.0)
     assert found[0] and all(i.mask.dtype == bool for i in found[0])
+
+
+def test_mask_box_is_the_tight_pixel_box():
+    from sam3_backend.engine.image import _mask_box
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = rng.integers(1, 40, size=2)
+        mask = rng.random((h, w)) < rng.random() * 0.05
+        ys, xs = np.nonzero(mask)
+        expected = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) if len(xs) else (0, 0, 0, 0)
+        assert _mask_box(mask) == tuple(float(v) for v in expected)
+    assert _mask_box(np.asfortranarray(np.eye(5, dtype=bool))) == (0.0, 0.0, 5.0, 5.0)
