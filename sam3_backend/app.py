@@ -170,7 +170,8 @@ def create_app(settings: Settings | None = None, engine=None, *, engine_factory:
             "model_state": holder.state,
             "service": vars(svc.metrics),
             "engine": vars(engine.stats),
-            "media": vars(fetcher.stats) if hasattr(fetcher, "stats") else {},
+            "media": vars(fetcher.stats),
+            "decoded_image_cache": vars(fetcher.decoded_cache_stats()),
         }
         if hasattr(engine, "features"):
             body["feature_cache"] = vars(engine.features.stats())

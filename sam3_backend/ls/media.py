@@ -185,6 +185,10 @@ class MediaFetcher:
             self._decoded.put(key, image)
         return image
 
+    def decoded_cache_stats(self):
+        """Hits, misses, entries and bytes of the decoded-image cache (for /metrics)."""
+        return self._decoded.stats()
+
     def _decoded_key(self, source: "_Source") -> tuple | None:
         """Same URL, same image: remote files are immutable to us (as in the disk cache); local
         files count as changed when their size or mtime does; data URIs are not worth keeping."""

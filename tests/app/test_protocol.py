@@ -217,6 +217,7 @@ def test_versions_and_metrics(client, payloads):
     m = client.get("/metrics").json
     assert m["engine"]["vision_encoder_calls"] == 1
     assert m["feature_cache"]["entries"] >= 1
+    assert m["decoded_image_cache"]["entries"] == 1 and m["media"]["misses"] == 1
     assert m["service"]["interactive_requests"] == 1
 
 
