@@ -237,10 +237,24 @@ def parse_context(context: dict | None, config: ImageProjectConfig) -> Interacti
             f"the typed prompt is {len(text)} characters long; use a short noun phrase "
             f"(at most {MAX_TEXT_CHARS} characters)"
         )
-    label = next((p.label for p in (*points, *rects) if p.label is not None), None)
+    text, text_label = _split_text_label(text, config)
+    label = next((p.label for p in (*points, *rects) if p.label is not None), None) or text_label
     if label is None and text is not None:
         label = next((known for known in config.labels if _same_text(known, text, config)), None)
     return InteractiveQuery(keypoints=points, rectangles=rects, text=text, label=label)
+
+
+def _split_text_label(text: str | None, config: ImageProjectConfig) -> tuple[str | None, str | None]:
+    """``"brown cat_Cat"`` → prompt "brown cat", label "Cat": the convention of Label Studio's
+    Grounding DINO/SAM examples for prompting with one phrase and labelling with another. Only
+    when the part after the last underscore is one of the project's labels."""
+    if not text or "_" not in text:
+        return text, None
+    phrase, _, suffix = text.rpartition("_")
+    match = next((label for label in config.labels if label.casefold() == suffix.strip().casefold()), None)
+    if match is None or not phrase.strip():
+        return text, None
+    return phrase.strip(), match
 
 
 def _same_text(label: str, text: str, config: ImageProjectConfig) -> bool:

@@ -227,6 +227,18 @@ def test_text_alone_and_latest_entry_wins():
     assert to_engine_prompts(query, W, H) == EnginePrompts(concept=ConceptPrompt(text="Cat"))
 
 
+def test_text_underscore_label_prompts_with_the_phrase_and_labels_with_the_label():
+    """Label Studio's Grounding DINO/SAM convention: "brown dog_cat" prompts "brown dog", labels cat."""
+    query = parse_context({"result": [textarea("brown dog_cat")]}, CONFIG)
+    assert (query.text, query.label) == ("brown dog", "cat")
+    assert to_engine_prompts(query, W, H).concept == ConceptPrompt(text="brown dog")
+    # an underscore that does not name a label is part of the phrase
+    query = parse_context({"result": [textarea("fire_hydrant")]}, CONFIG)
+    assert (query.text, query.label) == ("fire_hydrant", None)
+    query = parse_context({"result": [textarea("_dog")]}, CONFIG)
+    assert query.text == "_dog"
+
+
 def test_context_text_key_is_a_concept():
     query = parse_context({"result": [], "text": "traffic light"}, CONFIG)
     assert query.text == "traffic light" and query.label is None
