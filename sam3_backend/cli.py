@@ -21,15 +21,12 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     from gunicorn.app.base import BaseApplication
 
+    from .gunicorn_conf import options
+
     class _Gunicorn(BaseApplication):
         def load_config(self):
-            self.cfg.set("bind", f"{settings.host}:{settings.port}")
-            self.cfg.set("workers", settings.workers)
-            self.cfg.set("threads", settings.threads)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("timeout", 600)  # a large prelabel batch on CPU can take minutes
-            self.cfg.set("loglevel", settings.log_level.lower())
-            self.cfg.set("accesslog", "-")
+            for key, value in options(settings).items():
+                self.cfg.set(key, value)
 
         def load(self):
             from .app import create_app
