@@ -14,7 +14,6 @@ the model's input frame happens in the ``_to_input_*`` helpers and nowhere else.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from ..types import ConceptPrompt, EngineStats, GeometryPrompt, ImageInput, Instance
 from .cache import FeatureCache
 from .loading import LoadedSam3
+from .scheduler import ModelScheduler, Priority
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,14 @@ def _mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
 
 
 class Sam3ImageEngine:
-    """Thread-safe: one lock serialises model work; the caches have their own locks."""
+    """Thread-safe: ``scheduler`` grants the model to one model call at a time, most urgent
+    first (a click before the rest of a prelabel); the caches have their own locks.
 
-    def __init__(self, model: LoadedSam3, *, feature_cache_bytes: int = 1 << 30, text_cache_entries: int = 256):
+    ``wait_timeout``: seconds a call may wait for the model before ``SchedulerTimeout``.
+    """
+
+    def __init__(self, model: LoadedSam3, *, feature_cache_bytes: int = 1 << 30, text_cache_entries: int = 256,
+                 scheduler: ModelScheduler | None = None, wait_timeout: float | None = None):
         self.model = model
         self.device = model.device
         self.dtype = model.dtype
@@ -111,7 +116,11 @@ class Sam3ImageEngine:
         self.text_features = FeatureCache(text_cache_entries, sizeof=lambda _: 1)
         self.stats = EngineStats()
         self.last_timing = StageTimer()
-        self._lock = threading.RLock()
+        self.scheduler = scheduler or ModelScheduler()
+        self.wait_timeout = wait_timeout
+
+    def _slot(self, priority: Priority):
+        return self.scheduler.slot(priority, self.wait_timeout)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -151,9 +160,9 @@ class Sam3ImageEngine:
                 self.features.put(keys[i], found[i])
         return found
 
-    def encode(self, image: ImageInput) -> None:
+    def encode(self, image: ImageInput, priority: Priority = Priority.INTERACTIVE) -> None:
         """Compute and cache the image's features now (e.g. when a task opens)."""
-        with self._lock:
+        with self._slot(priority):
             self._backbone([image])
 
     def _spatial(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -188,7 +197,9 @@ class Sam3ImageEngine:
         return embeddings
 
     # ------------------------------------------------------------------ points / boxes
-    def segment_objects(self, image: ImageInput, objects: Sequence[GeometryPrompt]) -> list[Instance]:
+    def segment_objects(
+        self, image: ImageInput, objects: Sequence[GeometryPrompt], *, priority: Priority = Priority.INTERACTIVE
+    ) -> list[Instance]:
         """One instance per object (same order; ``prompt_index`` = object index).
 
         A lone click asks for three candidate masks and keeps the best by predicted IoU
@@ -196,7 +207,7 @@ class Sam3ImageEngine:
         """
         if not objects:
             return []
-        with self._lock:
+        with self._slot(priority):
             self.last_timing = StageTimer()
             embeddings = self._tracker_embeddings(image)
             results: list[Instance | None] = [None] * len(objects)
@@ -273,21 +284,23 @@ class Sam3ImageEngine:
         threshold: float = 0.5,
         max_instances: int = 100,
         batch_size: int = 4,
+        priority: Priority = Priority.BATCH,
     ) -> list[list[Instance]]:
         """Every instance of every concept on every image; ``prompt_index`` = concept index.
 
         Images go through the backbone ``batch_size`` at a time; for each chunk, all concepts
-        run through the DETR head in one batch of images × concepts.
+        run through the DETR head in one batch of images × concepts. The model is taken per
+        chunk, so more urgent work (a click) goes in between chunks.
         """
         if not images or not concepts:
             return [[] for _ in images]
-        with self._lock:
-            self.last_timing = StageTimer()
-            results: list[list[Instance]] = []
-            for start in range(0, len(images), batch_size):
-                chunk = images[start : start + batch_size]
+        self.last_timing = StageTimer()
+        results: list[list[Instance]] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            with self._slot(priority):
                 results.extend(self._concepts_chunk(chunk, concepts, threshold, max_instances))
-            return results
+        return results
 
     def _concepts_chunk(self, images, concepts, threshold, max_instances) -> list[list[Instance]]:
         """One backbone + neck pass for the chunk, then one DETR pass per group of concepts.
