@@ -13,9 +13,11 @@ the model's input frame happens in the ``_to_input_*`` helpers and nowhere else.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -119,6 +121,15 @@ class Sam3ImageEngine:
         self.scheduler = scheduler or ModelScheduler()
         self.wait_timeout = wait_timeout
 
+    def with_detector(self, detector, version: str) -> "Sam3ImageEngine":
+        """An engine serving ``detector`` (a fine-tuned ``Sam3Model`` built on this engine's) as
+        ``version``; it shares this engine's tracker, scheduler, caches and counters. Backbone and
+        tracker features are cached per backbone version, so both engines reuse each other's."""
+        variant = copy.copy(self)
+        variant.model = replace(self.model, detector=detector, version=version, base_version=self.model.backbone_version)
+        variant.last_timing = StageTimer()
+        return variant
+
     def _slot(self, priority: Priority):
         return self.scheduler.slot(priority, self.wait_timeout)
 
@@ -145,7 +156,7 @@ class Sam3ImageEngine:
 
     def _backbone(self, images: Sequence[ImageInput]) -> list[torch.Tensor]:
         """Backbone output (1, HW, C) per image, from the cache or one batched encoder pass."""
-        keys = [(self.model_version, im.key, "backbone") for im in images]
+        keys = [(self.model.backbone_version, im.key, "backbone") for im in images]
         found = [self.features.get(k) for k in keys]
         todo = [i for i, f in enumerate(found) if f is None]
         self.stats.cache_hits += len(images) - len(todo)
@@ -178,7 +189,7 @@ class Sam3ImageEngine:
         72×72 level. transformers 5.24's image-only ``Sam3TrackerModel.get_image_embeddings``
         adds it to the dropped level instead, so its 72×72 features miss it.
         """
-        key = (self.model_version, image.key, "tracker")
+        key = (self.model.backbone_version, image.key, "tracker")
         cached = self.features.get(key)
         if cached is not None:
             self.stats.cache_hits += 1

@@ -51,6 +51,14 @@ class LoadedSam3:
     version: str
     is_test_model: bool
     image_size: int
+    # The loaded checkpoint's version when ``detector`` is a fine-tuned variant of it (the backbone
+    # and tracker are the checkpoint's, so their cached features stay valid); "" otherwise.
+    base_version: str = ""
+
+    @property
+    def backbone_version(self) -> str:
+        """Version of the vision backbone and tracker: what their cached features depend on."""
+        return self.base_version or self.version
 
 
 def resolve_device(name: str = "auto") -> torch.device:
