@@ -21,9 +21,10 @@ from werkzeug.exceptions import HTTPException
 
 from . import __version__
 from .config import Settings
-from .errors import BackendError, BadRequest, EngineNotReady
+from .errors import BackendError, BadRequest
 from .ls.media import MediaFetcher
 from .service import NotReadyEngine, PredictionService
+from .training_routes import init_training
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, engine=None, *, engine_factory:
     fetcher = MediaFetcher(settings)
     service = PredictionService(settings, holder.engine, fetcher)
     app.extensions["sam3"] = {"holder": holder, "service": service, "settings": settings}
+    training = init_training(app, settings, holder, fetcher)  # /train, /versions, annotation store
     started_at = time.time()
 
     def current_service() -> PredictionService:
@@ -142,24 +144,19 @@ def create_app(settings: Settings | None = None, engine=None, *, engine_factory:
 
     @app.post("/setup")
     def setup():
-        return jsonify(current_service().setup(_json_body()))
+        body = _json_body()
+        return jsonify(training.service_for(current_service(), body).setup(body))
 
     @app.post("/predict")
     def predict():
-        return jsonify(current_service().predict(_json_body()))
+        body = _json_body()  # the project's served version (base or fine-tuned) answers
+        return jsonify(training.service_for(current_service(), body).predict(body))
 
     @app.post("/webhook")
     def webhook():
-        return jsonify(current_service().webhook(_json_body())), 201
-
-    @app.get("/versions")
-    def versions():
-        svc = current_service()
-        try:
-            versions = [svc.engine.model_version]
-        except EngineNotReady:
-            versions = []
-        return jsonify({"versions": versions, "model_dir": str(settings.model_dir)})
+        body = _json_body()
+        reply = current_service().webhook(body)
+        return jsonify(reply | training.on_webhook(body)), 201
 
     @app.get("/metrics")
     def metrics():

@@ -57,6 +57,22 @@ class Settings:
     workers: int = 1
     threads: int = 8
     log_level: str = "INFO"
+    # Fine-tuning (issue 8): see README "Fine-tuning".
+    train_mode: str = "full"  # full | lora (measured on the synthetic set: bench/RESULTS.md)
+    train_steps: int = 500
+    train_batch_size: int = 4  # image × concept pairs per step
+    train_lr: float | None = None  # None: 1e-4 (full), 1e-3 (lora)
+    train_seed: int = 0
+    train_min_images: int = 10
+    train_max_images: int = 5000
+    train_held_out_fraction: float = 0.2
+    train_promotion_metric: str = "AP"  # AP | AP50
+    train_promotion_margin: float = 0.01
+    train_auto_after: int = 0  # start training after this many changed annotations; 0 = never
+    train_reconcile: bool = True  # read the project's annotations from Label Studio's API first
+    train_feature_device: str | None = None  # where cached training features live (default: the model's device)
+    webhook_max_bytes: int = 64 * 1024 * 1024
+    served_versions_max: int = 8  # fine-tuned detectors kept in memory per process
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -90,6 +106,21 @@ class Settings:
             "workers": ("WORKERS", int),
             "threads": ("THREADS", int),
             "log_level": ("LOG_LEVEL", lambda v: v.upper()),
+            "train_mode": ("TRAIN_MODE", lambda v: v.strip().lower()),
+            "train_steps": ("TRAIN_STEPS", int),
+            "train_batch_size": ("TRAIN_BATCH_SIZE", int),
+            "train_lr": ("TRAIN_LR", float),
+            "train_seed": ("TRAIN_SEED", int),
+            "train_min_images": ("TRAIN_MIN_IMAGES", int),
+            "train_max_images": ("TRAIN_MAX_IMAGES", int),
+            "train_held_out_fraction": ("TRAIN_HELD_OUT_FRACTION", float),
+            "train_promotion_metric": ("TRAIN_PROMOTION_METRIC", lambda v: v.strip().upper()),
+            "train_promotion_margin": ("TRAIN_PROMOTION_MARGIN", float),
+            "train_auto_after": ("TRAIN_AUTO_AFTER", int),
+            "train_reconcile": ("TRAIN_RECONCILE", _bool),
+            "train_feature_device": ("TRAIN_FEATURE_DEVICE", str),
+            "webhook_max_bytes": ("WEBHOOK_MAX_BYTES", int),
+            "served_versions_max": ("SAM3_SERVED_VERSIONS_MAX", int),
         }
         values = {}
         for attr, (name, parse) in parsers.items():
@@ -115,6 +146,23 @@ class Settings:
             raise ValueError("SAM3_PRELABEL_BATCH_SIZE must be at least 1")
         if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        self._validate_training()
+
+    def _validate_training(self) -> None:
+        if self.train_mode not in ("full", "lora"):
+            raise ValueError("TRAIN_MODE must be full or lora")
+        if self.train_steps < 1 or self.train_batch_size < 1:
+            raise ValueError("TRAIN_STEPS and TRAIN_BATCH_SIZE must be at least 1")
+        if self.train_lr is not None and not 0 < self.train_lr < 1:
+            raise ValueError("TRAIN_LR must lie between 0 and 1")
+        if not 0 < self.train_held_out_fraction < 1:
+            raise ValueError("TRAIN_HELD_OUT_FRACTION must lie strictly between 0 and 1")
+        if self.train_promotion_metric not in ("AP", "AP50"):
+            raise ValueError("TRAIN_PROMOTION_METRIC must be AP or AP50")
+        if self.train_min_images < 2 or self.train_max_images < self.train_min_images:
+            raise ValueError("TRAIN_MIN_IMAGES must be at least 2 and at most TRAIN_MAX_IMAGES")
+        if self.train_auto_after < 0:
+            raise ValueError("TRAIN_AUTO_AFTER must be 0 (off) or a number of annotations")
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)
@@ -122,6 +170,18 @@ class Settings:
     @property
     def media_cache_dir(self) -> Path:
         return self.model_dir / "media-cache"
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.model_dir / "versions"
+
+    @property
+    def annotations_db(self) -> Path:
+        return self.model_dir / "annotations.sqlite3"
+
+    @property
+    def jobs_db(self) -> Path:
+        return self.model_dir / "jobs.sqlite3"
 
 
 __all__ = ["Settings", "BadRequest"]

@@ -1,0 +1,1 @@
+"""Durable stores fed by Label Studio (the annotation store for fine-tuning)."""
