@@ -40,10 +40,11 @@ class JobContext:
             raise JobCancelled(f"job {self.job.id} was cancelled")
 
 
-def run_job(store: JobStore, job: Job, fn: Callable[[JobContext], dict]) -> Job:
-    """Run ``fn`` for ``job`` here and now (the CLI does this; the executor does it in a thread)."""
+def run_job(store: JobStore, job: Job, fn: Callable[[JobContext], dict], context: type = JobContext) -> Job:
+    """Run ``fn`` for ``job`` here and now (the CLI does this; the executor does it in a thread).
+    ``context``: the ``JobContext`` class to hand ``fn`` (the CLI's also draws progress bars)."""
     store.start(job.id, this_owner())
-    ctx = JobContext(store.get(job.id) or job, store)
+    ctx = context(store.get(job.id) or job, store)
     try:
         result = fn(ctx)
     except JobCancelled as exc:
