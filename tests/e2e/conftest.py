@@ -134,6 +134,10 @@ def backend(label_studio, backend_cli, tmp_path_factory):
             "SAM3_MAX_INSTANCES": "3",
             "SAM3_DEVICE": os.environ.get("SAM3_E2E_DEVICE", "cpu"),
             "LOG_LEVEL": "INFO",
+            # Fine-tuning (test_training.py): a few images and steps; every version is promoted.
+            "TRAIN_MIN_IMAGES": "4",
+            "TRAIN_STEPS": "10",
+            "TRAIN_PROMOTION_MARGIN": "-1",
         },
     )
     _ACTIVE["backend"] = be
