@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="full:1e-4,full:5e-4,lora:1e-3,lora:5e-3", help="mode:lr,...")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="60 steps, 24 images, full:5e-4 only (checks the script)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a shared machine OpenMP's spinning threads slow 2 threads 10x)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -37,6 +39,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    torch.set_num_threads(args.threads)
     from sam3_backend.engine.image import Sam3ImageEngine
     from sam3_backend.engine.loading import ModelSource, load_sam3
     from sam3_backend.engine.tiny import write_tiny_checkpoint

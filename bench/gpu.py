@@ -18,6 +18,9 @@ Sections (each guarded by the time budget; one that would not fit is skipped wit
 * ``video``: ``Sam3VideoModel`` full size, text prompt, 1080p clip, pinned to 1 and 5 tracked
   objects (``force_video_objects``): frames/s of ``propagate_in_video_iterator`` and with the
   processor's 1080p post-processing.
+* ``train``: one fine-tuning step of the concept detector (``engine.training.loop``), encoders frozen
+  and their features computed once: seconds per step and peak memory at 1, 4 and 8 image × concept
+  pairs per step (``--train-batches``), main dtype (bf16: float32 master weights under autocast).
 * ``memory``: ``torch.cuda.max_memory_allocated`` per section (peak RSS on CPU).
 * ``compile`` (``--compile``): ``torch.compile`` of the ViT backbone: compile time, cold click and
   prelabel at the best batch size against eager.
@@ -325,6 +328,35 @@ def video(bench: Bench, model, processor, frames, objects: int, dtype) -> dict:
     }
 
 
+def train_features(bench: Bench, loaded, engine, n_images: int):
+    """Synthetic training images at the model's input size, their frozen features computed once."""
+    from sam3_backend.engine.training.features import FrozenFeatures
+    from sam3_backend.engine.training.synthetic import synthetic_shapes
+
+    data = synthetic_shapes(n_images, size=loaded.image_size, seed=7)
+    features = FrozenFeatures(loaded, engine.scheduler, batch_size=4)
+    (_, encode_s) = _timed(bench, lambda: features.add_images([ex.image for ex in data.examples]))
+    return data, features, encode_s / n_images
+
+
+def train_row(bench: Bench, loaded, engine, prepared, batch: int) -> dict:
+    """Seconds per training step at ``batch`` pairs (after warm-up steps), features precomputed."""
+    from sam3_backend.engine.training.loop import TrainConfig, train_detector
+
+    a = bench.args
+    data, features, encode_per_image = prepared
+    times: list[float] = []
+    config = TrainConfig(steps=a.train_warmup + a.train_steps, batch_size=batch, lr=1e-5, warmup_steps=1)
+    result = train_detector(loaded, engine.scheduler, features, data.examples, data.concepts, config,
+                            on_step=lambda info: times.append(info.seconds))
+    steady = times[a.train_warmup:]
+    step = summary(steady)
+    return {"batch": batch, "steps": len(steady), "step": step, "seconds_per_step": step["p50_ms"] / 1e3,
+            "pairs_per_s": batch / (step["p50_ms"] / 1e3), "encode_seconds_per_image": encode_per_image,
+            "trainable_params": int(sum(p.numel() for p in result.trained.parameters())),
+            "final_loss": result.losses[-1]}
+
+
 # --------------------------------------------------------------------------- model builders
 
 
@@ -434,6 +466,17 @@ def markdown(result: dict) -> str:
             f" | {fmt_ms(r['frame_model']['p50_ms'])} | {fmt_ms(r['frame_model']['p95_ms'])} | {fmt_ms(r['frame_postprocess']['p50_ms'])}"
             f" | {r['init_seconds']:.3f} | {r['peak_memory_gib']:.2f} |"
         )
+    if "train" in s:
+        lines += ["", "### Fine-tuning step (concept detector trained, vision + text encoders frozen, features cached)", "",
+                  "| dtype | pairs / step | s / step p50 | p95 | pairs / s | peak GiB | trainable params |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, r in s["train"].items():
+            dt = key.split("/")[0]
+            if "step" not in r:
+                lines.append(f"| {dt} | {key.split('_')[-1]} | {r.get('skipped') or r.get('error')} |||||")
+                continue
+            lines.append(f"| {dt} | {r['batch']} | {r['seconds_per_step']:.3f} | {r['step']['p95_ms'] / 1e3:.3f}"
+                         f" | {fmt_num(r['pairs_per_s'])} | {r['peak_memory_gib']:.2f} | {r['trainable_params']:,} |")
     mem = s.get("memory", {})
     lines += ["", "### Peak memory (GiB; `torch.cuda.max_memory_allocated`, peak RSS on CPU; model = allocated after the build)", ""]
     for k, v in sorted(mem.items()):
@@ -483,6 +526,9 @@ def parse_args(argv=None):
     ap.add_argument("--video-objects", default=None, help="default 1,5 (smoke 1,2)")
     ap.add_argument("--width", type=int, default=None, help="default 1920 (smoke 320)")
     ap.add_argument("--height", type=int, default=None, help="default 1080 (smoke 240)")
+    ap.add_argument("--train-batches", default="1,4,8", help="image x concept pairs per training step")
+    ap.add_argument("--train-steps", type=int, default=None, help="timed training steps per batch size (default 10; smoke 2)")
+    ap.add_argument("--train-warmup", type=int, default=None, help="untimed first steps (default 2; smoke 1)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile the ViT backbone (bf16)")
     ap.add_argument("--compile-backend", default=None, help="default inductor (smoke: eager, to trace without codegen)")
     ap.add_argument("--attention", default=None, help="compare attention implementations, e.g. sdpa,eager")
@@ -492,7 +538,8 @@ def parse_args(argv=None):
                     fp32_batches="1,2" if smoke else "1,4,16", cold=2 if smoke else 10, warm=3 if smoke else 50,
                     warmup=1 if smoke else 2, video_frames=3 if smoke else 32, video_objects="1,2" if smoke else "1,5",
                     width=320 if smoke else 1920, height=240 if smoke else 1080,
-                    compile_backend="eager" if smoke else "inductor")
+                    compile_backend="eager" if smoke else "inductor", train_steps=2 if smoke else 10,
+                    train_warmup=0 if smoke else 2)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -551,6 +598,14 @@ def main(argv=None) -> int:
         bench.run("interactive", dt, 3 * per, lambda: interactive(bench, engine, pixels, dt))
         bench.run("text_prompt", dt, 3 * per, lambda: text_prompt(bench, engine, pixels, dt))
         bench.run("prelabel", dt, 4 * per, lambda: prelabel(bench, engine, pool, dt, batches if i == 0 else fp32_batches, min_images))
+        if i == 0:
+            train_batches = [int(x) for x in args.train_batches.split(",")]
+            prepared = train_features(bench, loaded, engine, max(8, *train_batches))
+            for b in train_batches:
+                est = 3 if args.smoke else 15 + 2 * b
+                bench.run("train", f"{dt}/batch_{b}", est, lambda b=b: train_row(bench, loaded, engine, prepared, b))
+                free(bench)
+            prepared = None
         if i == 0:
             eager_ref = {
                 "cold": _g(bench.sections, "interactive", dt, "cold", "p50_ms"),

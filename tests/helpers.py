@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import threading
@@ -80,3 +81,17 @@ def recorded(payloads: dict, key: str, config: str) -> dict:
     body = copy.deepcopy(payloads[key]["json"])
     body["label_config"] = config
     return body
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run with ``n`` torch CPU threads. Training tests use 1: on a busy 2-core machine, OpenMP's
+    spinning worker threads make 2-thread training steps up to 10x slower than 1 thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

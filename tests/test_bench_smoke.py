@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIRED = ("interactive", "text_prompt", "prelabel", "video", "memory", "attention", "compile")
+REQUIRED = ("interactive", "text_prompt", "prelabel", "video", "memory", "attention", "compile", "train")
 
 
 def _numbers(value) -> list[float]:
@@ -56,3 +56,8 @@ def test_gpu_bench_smoke(tmp_path):
         assert v["frames"] == 3 and v["model_fps"] > 0 and v["tracked_objects_max"] == v["objects"]
         assert v["masks_per_frame_min"] == v["objects"]
     assert set(sections["attention"]) == {"sdpa", "eager"}
+    train = sections["train"]
+    assert {v["batch"] for v in train.values()} == {1, 4, 8}
+    for v in train.values():
+        assert v["steps"] == 2 and v["seconds_per_step"] > 0 and v["trainable_params"] > 0
+        assert math.isfinite(v["final_loss"]) and v["peak_memory_gib"] > 0

@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import torch_threads
 from sam3_backend.engine.training.synthetic import synthetic_shapes
 from sam3_backend.ls.rle import encode_rle
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
           '<Label value="disc"/><Label value="square"/></BrushLabels></View>')

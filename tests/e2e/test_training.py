@@ -14,7 +14,6 @@ The promotion rule itself is proven where training really learns
 
 from __future__ import annotations
 
-import io
 import time
 
 import pytest

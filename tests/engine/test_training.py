@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import torch_threads
 from sam3_backend.engine.image import Sam3ImageEngine
 from sam3_backend.engine.scheduler import ModelScheduler, Priority
 from sam3_backend.engine.training.data import TrainingExample, fit_example, split_examples
@@ -24,6 +25,13 @@ from sam3_backend.engine.training.synthetic import synthetic_shapes
 from sam3_backend.engine.training.weights import delta_tensors, patched_detector, trainable_copy
 from sam3_backend.engine.versions import ServedModels, VersionError, VersionStore
 from sam3_backend.types import GeometryPrompt, Point
+
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +166,7 @@ def test_each_training_step_is_one_background_slot_and_clicks_go_between(loaded_
     features = FrozenFeatures(loaded_model, scheduler)
     features.add_images([e.image for e in shapes.examples])
     scheduler.grants.clear()
-    steps, clicked_at = 40, []
+    steps, clicked_at = 20, []
 
     def on_step(info):
         if info.step == 5:

@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from helpers import torch_threads
 from sam3_backend.engine.image import Sam3ImageEngine
 from sam3_backend.engine.training.loop import TrainConfig
 from sam3_backend.engine.training.run import FineTuneSettings, fine_tune
 from sam3_backend.engine.training.synthetic import synthetic_shapes
 from sam3_backend.engine.versions import ServedModels, VersionStore
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with torch_threads(1):
+        yield
 
 
 def test_fine_tuning_learns_synthetic_shapes_and_is_promoted(loaded_model, tmp_path):
