@@ -77,8 +77,7 @@ class _Progress:
         if stage != self.stage or now - self.last >= self.interval or (total is not None and done >= total):
             self.ctx.progress(done=done, total=total, stage=stage, **extra)
             self.stage, self.last = stage, now
-        if stage == "training":
-            self.ctx.check_cancelled()
+        self.ctx.check_cancelled()
 
 
 def reconcile(trigger: TrainTrigger, deps: TrainDeps) -> dict:
@@ -114,7 +113,6 @@ def build_training_data(project: int, stored: list[StoredAnnotation], task_data:
     annotation), images fetched with ``fetch_image(url, task_id)`` (8 at a time), scaled so the
     longer side is at most ``max_side``. Unusable items are counted in ``skipped``."""
     from ..engine.training.data import TrainingData, TrainingExample, fit_example
-    from ..types import ImageInput
 
     by_task: dict[int, list[dict]] = defaultdict(list)
     for ann in stored:
@@ -160,7 +158,7 @@ def build_training_data(project: int, stored: list[StoredAnnotation], task_data:
             if not regions:
                 continue
             example = TrainingExample(
-                image=ImageInput(image.pixels, image.key),
+                image=image,
                 masks=np.stack([r.mask for r in regions]),
                 concepts=np.array([index[r.label] for r in regions], dtype=np.int64),
                 key=f"task-{task_id}",

@@ -251,7 +251,9 @@ class AnnotationStore:
         return (proj, aid, task, text, int(bool(ann.get("was_cancelled"))), int(bool(ann.get("ground_truth"))),
                 updated[:64], data_text)
 
-    def _upsert(self, rows, result: IngestResult, source: str, label_config=(None, None)) -> None:
+    def _upsert(self, rows, result: IngestResult, source: str, label_config=(None, None), *, changes: bool = True) -> None:
+        """Insert or replace ``rows`` in one transaction; ``changes``: count them for auto-training
+        (webhooks do; reconciliation copies what Label Studio already has and does not)."""
         now = time.time()
         project, config = label_config
         with self._write() as db:
@@ -269,7 +271,8 @@ class AnnotationStore:
                 )
                 if cur.rowcount:
                     result.stored += 1
-                    db.execute("INSERT OR IGNORE INTO changed VALUES (?, ?)", (proj, aid))
+                    if changes:
+                        db.execute("INSERT OR IGNORE INTO changed VALUES (?, ?)", (proj, aid))
                 else:
                     result.ignored += 1
                 if data_text is not None:
@@ -326,7 +329,7 @@ class AnnotationStore:
             db.executemany("DELETE FROM deleted WHERE project=? AND id=?", [(project, aid) for aid in keep])
             db.execute("INSERT INTO projects (project, reconciled_at) VALUES (?, ?) ON CONFLICT (project) "
                        "DO UPDATE SET reconciled_at=excluded.reconciled_at", (project, now))
-        self._upsert(rows, result, "api", label_config=(project, label_config))
+        self._upsert(rows, result, "api", label_config=(project, label_config), changes=False)
         return result
 
     # ------------------------------------------------------------------ reading

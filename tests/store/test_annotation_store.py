@@ -143,3 +143,10 @@ def test_threads_and_two_processes_share_one_file(tmp_path):
     assert [x.id for x in b.annotations(1)] == list(range(1, 101))
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reconciliation_is_not_a_change_for_auto_training(store):
+    store.ingest(created(1))
+    store.mark_trained(1)
+    store.replace_project(1, [{"id": t, "data": {}, "annotations": [{"id": t, "result": []}]} for t in (1, 2, 3)])
+    assert store.changes_since_training(1) == 0 and len(store.annotations(1)) == 3
