@@ -70,7 +70,7 @@ class Settings:
     train_promotion_margin: float = 0.01
     train_auto_after: int = 0  # start training after this many changed annotations; 0 = never
     train_reconcile: bool = True  # read the project's annotations from Label Studio's API first
-    train_feature_device: str | None = None  # where cached training features live (default: the model's device)
+    train_feature_device: str | None = None  # cached training features: None = model's device up to 8 GiB, then CPU
     webhook_max_bytes: int = 64 * 1024 * 1024
     served_versions_max: int = 8  # fine-tuned detectors kept in memory per process
     extra: Mapping[str, str] = field(default_factory=dict)

@@ -59,5 +59,5 @@ def test_gpu_bench_smoke(tmp_path):
     train = sections["train"]
     assert {v["batch"] for v in train.values()} == {1, 4, 8}
     for v in train.values():
-        assert v["steps"] == 2 and v["seconds_per_step"] > 0 and v["trainable_params"] > 0
+        assert v["steps"] == 1 and v["seconds_per_step"] > 0 and v["trainable_params"] > 0
         assert math.isfinite(v["final_loss"]) and v["peak_memory_gib"] > 0

@@ -110,8 +110,9 @@ def build_training_data(project: int, stored: list[StoredAnnotation], task_data:
                         config: ImageProjectConfig, fetch_image, *, max_side: int, max_images: int,
                         skipped: SkipCounter, progress=None):
     """Examples for ``engine.training`` from stored annotations: one per task (its chosen
-    annotation), images fetched with ``fetch_image(url, task_id)`` (8 at a time), scaled so the
-    longer side is at most ``max_side``. Unusable items are counted in ``skipped``."""
+    annotation), images fetched with ``fetch_image(url, task_id)`` (8 at a time, 16 in memory at
+    full size), scaled so the longer side is at most ``max_side``. Unusable items are counted in
+    ``skipped``. Returns (data, number of tasks tried)."""
     from ..engine.training.data import TrainingData, TrainingExample, fit_example
 
     by_task: dict[int, list[dict]] = defaultdict(list)
@@ -146,24 +147,27 @@ def build_training_data(project: int, stored: list[StoredAnnotation], task_data:
             log.exception("training, task %s: unexpected error while loading its image", task_id)
         return None
 
+    chunk = 16  # images in flight at full size; each is scaled down before the next chunk
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="train-media") as pool:
-        for n, (item, image) in enumerate(zip(chosen, pool.map(load, chosen)), start=1):
-            if progress is not None:
-                progress("data", n, len(chosen), {})
-            task_id, _, ann = item
-            if image is None:
-                skipped["image_unavailable"] += 1
-                continue
-            regions = annotation_masks(ann["result"], config, image.width, image.height, skipped)
-            if not regions:
-                continue
-            example = TrainingExample(
-                image=image,
-                masks=np.stack([r.mask for r in regions]),
-                concepts=np.array([index[r.label] for r in regions], dtype=np.int64),
-                key=f"task-{task_id}",
-            )
-            examples.append(fit_example(example, max_side))
+        for start in range(0, len(chosen), chunk):
+            items = chosen[start : start + chunk]
+            for n, (item, image) in enumerate(zip(items, pool.map(load, items)), start=start + 1):
+                if progress is not None:
+                    progress("data", n, len(chosen), {})
+                task_id, _, ann = item
+                if image is None:
+                    skipped["image_unavailable"] += 1
+                    continue
+                regions = annotation_masks(ann["result"], config, image.width, image.height, skipped)
+                if not regions:
+                    continue
+                example = TrainingExample(
+                    image=image,
+                    masks=np.stack([r.mask for r in regions]),
+                    concepts=np.array([index[r.label] for r in regions], dtype=np.int64),
+                    key=f"task-{task_id}",
+                )
+                examples.append(fit_example(example, max_side))
     concepts = tuple(config.concept_text(label) for label in labels)
     return TrainingData(concepts, tuple(examples)), len(chosen)
 

@@ -329,3 +329,17 @@ def test_examples_must_match_their_image():
         TrainingExample(ex.image, ex.masks[:, :10], ex.concepts, "k")
     with pytest.raises(ValueError):
         TrainingExample(ex.image, ex.masks, np.zeros(ex.n_instances + 1, np.int64), "k")
+
+
+def test_frozen_features_spill_to_the_cpu_beyond_the_device_budget(loaded_model, shapes):
+    from types import SimpleNamespace
+
+    gpu_model = SimpleNamespace(device=torch.device("cuda"))  # only the placement rule is exercised
+    features = FrozenFeatures(gpu_model, ModelScheduler(), device_budget_bytes=100)
+    assert [features._where(60).type, features._where(60).type, features._where(40).type] == ["cuda", "cpu", "cuda"]
+    assert FrozenFeatures(gpu_model, ModelScheduler(), store_device="cpu")._where(1).type == "cpu"
+    engine = Sam3ImageEngine(loaded_model)
+    features = FrozenFeatures(loaded_model, engine.scheduler)
+    features.add_images([e.image for e in shapes.examples[:2]])
+    vision = features.vision([e.image.key for e in shapes.examples[:2]] * 2)  # repeats allowed
+    assert vision.fpn_hidden_states[0].shape[0] == 4

@@ -23,22 +23,37 @@ from ..scheduler import ModelScheduler, Priority
 TEXT_TOKENS = 32
 
 
+DEVICE_BUDGET_BYTES = 8 << 30  # cached backbone outputs kept on the model's device; the rest on the CPU
+
+
 class FrozenFeatures:
     """Backbone outputs keyed by image key, text features keyed by phrase.
 
-    ``store_device``: where cached backbone outputs live; the model's device by default (a GPU has
-    room for thousands), "cpu" to spare GPU memory (each step then copies its batch over).
+    ``store_device``: where cached backbone outputs live. None: the model's device for the first
+    ``DEVICE_BUDGET_BYTES`` (≈ 800 images at 1008 px in bf16), the CPU for the rest; "cpu" spares
+    GPU memory entirely (each step then copies its batch over).
     """
 
     def __init__(self, model: LoadedSam3, scheduler: ModelScheduler, *, batch_size: int = 4,
-                 store_device: torch.device | str | None = None, priority: Priority = Priority.BACKGROUND):
+                 store_device: torch.device | str | None = None, priority: Priority = Priority.BACKGROUND,
+                 device_budget_bytes: int = DEVICE_BUDGET_BYTES):
         self.model = model
         self.scheduler = scheduler
         self.batch_size = max(1, batch_size)
-        self.store_device = torch.device(store_device) if store_device is not None else model.device
+        self.store_device = torch.device(store_device) if store_device is not None else None
+        self.device_budget = device_budget_bytes
+        self.device_bytes = 0
         self.priority = priority
         self._images: dict[str, torch.Tensor] = {}
         self._texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _where(self, nbytes: int) -> torch.device:
+        if self.store_device is not None:
+            return self.store_device
+        if self.model.device.type == "cpu" or self.device_bytes + nbytes <= self.device_budget:
+            self.device_bytes += nbytes
+            return self.model.device
+        return torch.device("cpu")
 
     # ------------------------------------------------------------------ images
     def add_images(self, images: Sequence[ImageInput], progress: Callable[[int, int], None] | None = None) -> None:
@@ -54,7 +69,8 @@ class FrozenFeatures:
                 values = batch["pixel_values"].to(self.model.device, self.model.dtype)
                 hidden = backbone(values).last_hidden_state
             for j, im in enumerate(chunk):
-                self._images[im.key] = hidden[j : j + 1].to(self.store_device).clone()
+                row = hidden[j : j + 1]
+                self._images[im.key] = row.to(self._where(row.element_size() * row.nelement())).clone()
             if progress is not None:
                 progress(min(start + len(chunk), len(todo)), len(todo))
 
