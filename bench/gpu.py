@@ -527,8 +527,8 @@ def parse_args(argv=None):
     ap.add_argument("--width", type=int, default=None, help="default 1920 (smoke 320)")
     ap.add_argument("--height", type=int, default=None, help="default 1080 (smoke 240)")
     ap.add_argument("--train-batches", default="1,4,8", help="image x concept pairs per training step")
-    ap.add_argument("--train-steps", type=int, default=None, help="timed training steps per batch size (default 10; smoke 2)")
-    ap.add_argument("--train-warmup", type=int, default=None, help="untimed first steps (default 2; smoke 1)")
+    ap.add_argument("--train-steps", type=int, default=None, help="timed training steps per batch size (default 10; smoke 1)")
+    ap.add_argument("--train-warmup", type=int, default=None, help="untimed first steps (default 2; smoke 0)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile the ViT backbone (bf16)")
     ap.add_argument("--compile-backend", default=None, help="default inductor (smoke: eager, to trace without codegen)")
     ap.add_argument("--attention", default=None, help="compare attention implementations, e.g. sdpa,eager")
@@ -538,7 +538,7 @@ def parse_args(argv=None):
                     fp32_batches="1,2" if smoke else "1,4,16", cold=2 if smoke else 10, warm=3 if smoke else 50,
                     warmup=1 if smoke else 2, video_frames=3 if smoke else 32, video_objects="1,2" if smoke else "1,5",
                     width=320 if smoke else 1920, height=240 if smoke else 1080,
-                    compile_backend="eager" if smoke else "inductor", train_steps=2 if smoke else 10,
+                    compile_backend="eager" if smoke else "inductor", train_steps=1 if smoke else 10,
                     train_warmup=0 if smoke else 2)
     for k, v in defaults.items():
         if getattr(args, k) is None:
