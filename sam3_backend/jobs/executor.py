@@ -51,10 +51,17 @@ def run_job(store: JobStore, job: Job, fn: Callable[[JobContext], dict], context
         store.mark_cancelled(job.id, str(exc))
     except Exception as exc:
         log.exception("%s job %s failed", job.kind, job.id)
-        store.fail(job.id, f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
+        store.fail(job.id, _reason(exc))
     else:
         store.finish(job.id, result if isinstance(result, dict) else {"value": result})
     return store.get(job.id) or job
+
+
+def _reason(exc: Exception) -> str:
+    """Our own exceptions carry messages written for users; others get their type in front."""
+    if type(exc).__module__.startswith("sam3_backend.") and str(exc):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 class InProcessExecutor:
