@@ -116,6 +116,9 @@ class VersionStore:
 
         folder = self.scope_dir(scope)
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".tmp-*"):  # left by a crash mid-save: never a version, remove
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
         try:
             meta = {"format": "pt", "base_version": str(report.get("base_version", "")), "scope": scope}

@@ -44,24 +44,29 @@ def run_job(store: JobStore, job: Job, fn: Callable[[JobContext], dict], context
     """Run ``fn`` for ``job`` here and now (the CLI does this; the executor does it in a thread).
     ``context``: the ``JobContext`` class to hand ``fn`` (the CLI's also draws progress bars)."""
     store.start(job.id, this_owner())
+    log.info("%s job %s (project %s) started", job.kind, job.id, job.project)
     ctx = context(store.get(job.id) or job, store)
     try:
         result = fn(ctx)
     except JobCancelled as exc:
         store.mark_cancelled(job.id, str(exc))
+        log.info("%s job %s cancelled", job.kind, job.id)
     except Exception as exc:
-        log.exception("%s job %s failed", job.kind, job.id)
+        log.error("%s job %s failed: %s", job.kind, job.id, _reason(exc), exc_info=not _ours(exc))
         store.fail(job.id, _reason(exc))
     else:
         store.finish(job.id, result if isinstance(result, dict) else {"value": result})
+        log.info("%s job %s done", job.kind, job.id)
     return store.get(job.id) or job
 
 
+def _ours(exc: Exception) -> bool:
+    """Our own exceptions carry messages written for users (no traceback needed)."""
+    return type(exc).__module__.startswith("sam3_backend.") and bool(str(exc))
+
+
 def _reason(exc: Exception) -> str:
-    """Our own exceptions carry messages written for users; others get their type in front."""
-    if type(exc).__module__.startswith("sam3_backend.") and str(exc):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    return str(exc) if _ours(exc) else f"{type(exc).__name__}: {exc}"
 
 
 class InProcessExecutor:

@@ -74,6 +74,10 @@ class _Progress:
 
     def __call__(self, stage: str, done: int, total: int | None, extra: dict) -> None:
         now = time.monotonic()
+        if stage != self.stage:
+            log.info("training job %s: %s", self.ctx.job.id, stage)
+        if stage == "training" and total and done % max(1, total // 10) == 0:
+            log.info("training job %s: step %d/%d, loss %s", self.ctx.job.id, done, total, extra.get("loss"))
         if stage != self.stage or now - self.last >= self.interval or (total is not None and done >= total):
             self.ctx.progress(done=done, total=total, stage=stage, **extra)
             self.stage, self.last = stage, now
@@ -207,6 +211,8 @@ def run_train(ctx: JobContext, trigger: TrainTrigger, deps: TrainDeps) -> dict:
     counts = {"tasks": tasks, "images": len(data.examples), "skipped": skipped.describe(),
               "instances": data.instance_counts()}
     ctx.progress(stage="data", data=counts)
+    log.info("training job %s, project %s: %d usable image(s) of %d annotated task(s); skipped: %s", ctx.job.id,
+             project, len(data.examples), tasks, dict(skipped) or "none")
     scope = scope_of(project)
     served_engine = deps.served.engine_for(scope, engine)
     served_version = None if served_engine is engine else deps.versions.served(scope)
