@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,17 +19,13 @@ from pathlib import Path
 
 import requests
 
+from helpers import free_port
+
 CLI = Path(sys.executable).with_name("sam3-backend")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(model_dir: Path, checkpoint: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MODEL_DIR": str(model_dir), "SAM3_MODEL": str(checkpoint), "SAM3_DEVICE": "cpu",
            "HF_HUB_OFFLINE": "1", "LOG_LEVEL": "WARNING", "THREADS": "8"}
     proc = subprocess.Popen([str(CLI), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
