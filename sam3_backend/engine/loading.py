@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .tiny import TEST_MODEL_MARKER
+from .weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -101,23 +102,8 @@ def _fingerprint(folder: Path) -> str:
 
 
 def _resolve_folder(source: ModelSource) -> Path:
-    """Local folder as is; a hub id through the hub cache (download only when online)."""
-    local = Path(source.name_or_path).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").exists():
-            raise ModelLoadError(f"SAM3_MODEL={local} is a folder without config.json; it is not a SAM 3 checkpoint")
-        return local
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(source.name_or_path, revision=source.revision, token=source.token))
-    except Exception as exc:  # offline miss, gated repo, bad id: all need the same advice
-        raise ModelLoadError(
-            f"Cannot load SAM 3 weights from {source.name_or_path!r}: {type(exc).__name__}: {exc}. "
-            "facebook/sam3 is gated: accept its licence on huggingface.co and set HF_TOKEN, or download it "
-            "once and point SAM3_MODEL at the folder. For a test model without weights run "
-            "`sam3-backend tiny-model DIR` and set SAM3_MODEL=DIR."
-        ) from exc
+    """Local folder as is; a hub id through the hub cache (downloaded once when online); see ``weights``."""
+    return resolve_weights(source.name_or_path, source.token, source.revision)
 
 
 def load_sam3(source: ModelSource, device: str = "auto", dtype: str = "auto") -> LoadedSam3:
