@@ -368,7 +368,7 @@ class Doctor:
         if r.status_code != 200 or not isinstance(body, dict) or body.get("status") != "UP":
             return Check("label-studio", FAIL, f"{url}/health answered HTTP {r.status_code} {r.text[:120]!r}, not "
                          "Label Studio's {\"status\": \"UP\"}",
-                         "point LABEL_STUDIO_URL at Label Studio's base URL (include the subpath if it is served under one)")
+                         "point LABEL_STUDIO_URL at Label Studio's base URL (with its subpath, if served under one)")
         self._ls_reachable = True
         version = _json(_quiet_get(f"{url}/api/version", self.timeout))
         release = version.get("release") if isinstance(version, dict) else None
@@ -408,7 +408,8 @@ class Doctor:
         body = _json(r)
         if r.status_code == 200 and isinstance(body, dict):
             self._token_ok = True
-            return Check("token", OK, f"LABEL_STUDIO_API_KEY ({kind}) accepted for {body.get('email') or body.get('username')}")
+            user = body.get("email") or body.get("username")
+            return Check("token", OK, f"LABEL_STUDIO_API_KEY ({kind}) accepted for {user}")
         said = body.get("detail") if isinstance(body, dict) else r.text[:200]
         fix = auth.denied_hint()
         if said and "legacy token authentication has been disabled" in str(said):
@@ -648,7 +649,8 @@ def render(checks: list[Check]) -> str:
             lines.append(f"{'':6} {'':<{width}}  fix: {c.fix}")
     failed = [c.name for c in checks if c.status == FAIL]
     if failed:
-        lines.append(f"\n{len(failed)} check(s) failed: {', '.join(failed)}. Fix them and run `sam3-backend doctor` again.")
+        lines.append(f"\n{len(failed)} check(s) failed: {', '.join(failed)}. "
+                     "Fix them and run `sam3-backend doctor` again.")
     else:
         warned = [c.name for c in checks if c.status == WARN]
         lines.append("\nall checks passed" + (f" (warnings: {', '.join(warned)})" if warned else ""))

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_docker import ROOT, instructions, tool
 
 DOCKER = ROOT / "docker"

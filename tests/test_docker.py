@@ -191,7 +191,8 @@ def test_image_installs_from_the_same_constraints_as_bootstrap_and_tests():
     targets = set()
     for *srcs, dest in copies:
         if "constraints.txt" in srcs:
-            targets.add(Path(workdir, dest, "constraints.txt") if dest.endswith("/") or dest == "." else Path(workdir, dest))
+            into_dir = dest.endswith("/") or dest == "."
+            targets.add(Path(workdir, dest, "constraints.txt") if into_dir else Path(workdir, dest))
     assert targets, "the Dockerfile does not copy constraints.txt"
     for args in installs:
         c = _constraints_arg(args)

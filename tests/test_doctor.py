@@ -129,8 +129,8 @@ def test_a_checkpoint_that_is_not_sam3_fails(settings, tiny_checkpoint, tmp_path
     check = Doctor(settings.with_overrides(sam3_model=str(other)), container=False).check_weights()
     assert check.status == FAIL and "sam2_video" in check.detail
 
-    from safetensors.numpy import save_file
     import numpy as np
+    from safetensors.numpy import save_file
 
     detector_only = tmp_path / "detector-only"
     shutil.copytree(tiny_checkpoint, detector_only)

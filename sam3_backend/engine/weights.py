@@ -147,7 +147,8 @@ def _explain(repo_id: str, token: str | None, exc: BaseException) -> ModelLoadEr
             )
         status = getattr(getattr(err, "response", None), "status_code", None)
         if isinstance(err, HfHubHTTPError) and status in (401, 403):
-            return ModelLoadError(f"Cannot download {repo_id}: the hub refused HF_TOKEN ({status}). " + _gated_help(repo_id))
+            refused = f"Cannot download {repo_id}: the hub refused HF_TOKEN ({status}). "
+            return ModelLoadError(refused + _gated_help(repo_id))
     reason = chain[-1]
     return ModelLoadError(
         f"Cannot download {repo_id} from the hub ({type(reason).__name__}: {str(reason)[:300]}). Is the hub "

@@ -13,10 +13,9 @@ import re
 import subprocess
 from pathlib import Path
 
+import ls_harness as h
 import pytest
 import yaml
-
-import ls_harness as h
 from ls_harness import phase
 
 from sam3_backend.config import Settings
