@@ -199,3 +199,29 @@ def test_every_compose_variable_is_documented_in_the_readme():
                    for v in re.findall(r"`([A-Z0-9_]+)`", row)}
     assert used <= documented, f"not in README's Docker variables table: {sorted(used - documented)}"
     assert documented <= used, f"README documents variables the compose files do not use: {sorted(documented - used)}"
+
+
+def test_ray_services_say_what_is_missing_and_start_ray_as_configured(tmp_path):
+    """The ray services' shell command, run as the container runs it, with a stand-in `ray` on PATH."""
+    services = resolved(BASE, profiles=("ray",), env={**REQUIRED, "RAY_AUTH_TOKEN": "t0ken"})["services"]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ray").write_text('#!/bin/sh\necho "ray $*"\n')
+    (fake / "ray").chmod(0o755)
+    for name in ("ray-head", "ray-worker"):
+        svc = services[name]
+        assert svc["entrypoint"] == ["/bin/sh", "-c"]
+        script = svc["command"][0].replace("$$", "$")  # compose's escape; the container sees one $
+
+        def run(path: str, **env):
+            return subprocess.run(["/bin/sh", "-c", script], env={"PATH": path, **env}, capture_output=True,
+                                  text=True, timeout=30)
+
+        r = run("/usr/bin:/bin", RAY_AUTH_TOKEN="t0ken")
+        assert r.returncode == 1 and "SAM3_EXTRAS=ray" in r.stderr, (name, r.stderr)
+        r = run(f"{fake}:/usr/bin:/bin")
+        assert r.returncode == 1 and "set RAY_AUTH_TOKEN" in r.stderr, (name, r.stderr)
+        r = run(f"{fake}:/usr/bin:/bin", RAY_AUTH_TOKEN=svc["environment"]["RAY_AUTH_TOKEN"])
+        assert r.returncode == 0 and r.stdout.startswith("ray start ") and "--block" in r.stdout, (name, r)
+        assert svc["environment"]["RAY_AUTH_MODE"] == "token"
+    assert services["sam3-backend"]["environment"]["RAY_AUTH_TOKEN"] == "t0ken"

@@ -10,7 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import ls_harness as h
@@ -30,6 +35,12 @@ def _settings(label_studio, backend, tmp_path, **changes) -> Settings:
                   host=h.LOOPBACK, port=backend.port)
     values.update(changes)
     return Settings(**values)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((h.LOOPBACK, port)) == 0
 
 
 def _checks(settings: Settings, **kw) -> dict:
@@ -143,3 +154,41 @@ def test_compose_label_studio_settings_pass_the_private_network_and_block_the_re
     assert out["defaults"] and sorted(ours) == sorted(
         s for s in out["defaults"] if s not in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
     ), "USER_ADDITIONAL_BANNED_SUBNETS must be Label Studio's defaults minus the private ranges"
+
+
+def test_ray_check_through_the_ray_client_with_token_auth_as_the_compose_profile_wires_it(tmp_path):
+    """A real Ray head on 127.0.0.1, started as the compose ray-head is (client server, token auth);
+    the doctor connects as the backend container does (ray://, same RAY_AUTH_TOKEN)."""
+    ray = Path(h.BACKEND_CLI).parent / "ray"
+    if not ray.exists():
+        pytest.skip(f"{ray} is missing: the [test] extra installs Ray")
+    token = "e2e-" + os.urandom(8).hex()
+    gcs, client = h.free_port(), h.free_port()
+    env = h.clean_env(tmp_path, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    short_tmp = tempfile.mkdtemp(prefix="sam3-ray-", dir="/tmp")
+    head = h.ManagedProcess("ray-head", [
+        ray, "start", "--head", "--block", f"--node-ip-address={h.LOOPBACK}", f"--port={gcs}",
+        f"--ray-client-server-port={client}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+        "--disable-usage-stats", f"--temp-dir={short_tmp}",  # Ray's socket paths must stay < 108 bytes
+    ], env, tmp_path / "ray-head.log", tmp_path)
+    settings = Settings(sam3_model="unused", model_dir=tmp_path / "model")
+    try:
+        with phase("doctor: ray head start"):
+            head.start()
+            deadline = time.monotonic() + 90
+            while not _port_open(client):
+                if not head.running or time.monotonic() > deadline:
+                    raise head.fail("the Ray client server never opened its port")
+                time.sleep(0.5)
+        with phase("doctor: ray check"):
+            check = Doctor(settings, env={**env, "RAY_ADDRESS": f"ray://{h.LOOPBACK}:{client}"},
+                           container=False).check_ray()
+    finally:
+        head.stop(grace=5)
+        try:  # Ray's daemons share the head's process group: none of them outlives the test
+            os.killpg(head.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(short_tmp, ignore_errors=True)
+    assert check.status == WARN and "1 node(s)" in check.detail and "0 GPUs" in check.detail, check
+    assert "GPU workers" in check.fix
