@@ -545,8 +545,8 @@ class Doctor:
             if "grpc" in proc.stderr.lower() and "No module named" in proc.stderr:
                 fix = "ray:// addresses need the Ray Client: pip install 'ray[client]' (part of sam3-backend[ray])"
             elif "timeout" in err.lower() or "auth" in err.lower():
-                fix = ("the head may be refusing this client: Ray >= 2.59 authenticates with a shared token, so set the "
-                       "same RAY_AUTH_MODE=token and RAY_AUTH_TOKEN on the head, the workers and here; " + fix)
+                fix = ("the head may be refusing this client: Ray >= 2.59 authenticates with a shared token, so set "
+                       "the same RAY_AUTH_MODE=token and RAY_AUTH_TOKEN on the head, the workers and here; " + fix)
             return Check("ray", FAIL, f"ray.init({address!r}) failed: {err}", fix)
         info = json.loads(found.group(1))
         res = info["resources"]

@@ -213,7 +213,7 @@ def test_ray_services_say_what_is_missing_and_start_ray_as_configured(tmp_path):
         assert svc["entrypoint"] == ["/bin/sh", "-c"]
         script = svc["command"][0].replace("$$", "$")  # compose's escape; the container sees one $
 
-        def run(path: str, **env):
+        def run(path: str, script: str = script, **env):
             return subprocess.run(["/bin/sh", "-c", script], env={"PATH": path, **env}, capture_output=True,
                                   text=True, timeout=30)
 

@@ -317,3 +317,46 @@ def test_healthcheck_command_reads_the_real_health_endpoint(engine, tmp_path):
         up.shutdown()
         failed.shutdown()
     assert healthcheck(Settings(port=up.server_port)) == 1  # nothing listens any more
+
+
+def test_first_start_downloads_the_weights_then_serves_and_stops_gracefully(tiny_checkpoint, tmp_path):
+    """The image's CMD end to end, minus Docker: `sam3-backend serve` with HF_TOKEN and an empty hub
+    cache downloads the weights once in the master (saying so), the gunicorn worker loads them from
+    the cache, HEALTHCHECK's command sees UP, and SIGTERM to the master (PID 1 in the container)
+    ends it cleanly."""
+    import signal
+    import time
+
+    from fake_hub import FakeHub
+    from test_doctor import closed_port
+
+    hub = FakeHub(tiny_checkpoint)
+    port = closed_port()
+    env = {**os.environ, **hub.env(tmp_path / "hf"), "SAM3_MODEL": "facebook/sam3", "HF_TOKEN": "hf_test",
+           "MODEL_DIR": str(tmp_path / "model"), "SAM3_DEVICE": "cpu", "HOST": "127.0.0.1", "PORT": str(port),
+           "WORKERS": "1", "THREADS": "2"}
+    env.pop("HF_HUB_CACHE", None)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "sam3_backend.cli", "serve"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    health = [sys.executable, "-m", "sam3_backend.cli", "healthcheck"]
+    try:
+        deadline = time.monotonic() + 240
+        while subprocess.run(health, env=env, capture_output=True).returncode != 0:
+            assert proc.poll() is None, f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"never healthy:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+        downloads = [p for m, p in hub.requests if m == "GET" and "/resolve/" in p]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        hub.close()
+    text = log.read_text()
+    assert "is not in the hub cache" in text and "downloading 5 files" in text, text[-3000:]
+    assert "SAM 3 weights: downloaded facebook/sam3" in text
+    assert "RANDOMLY INITIALISED SAM 3 TEST MODEL" in text  # the worker loaded what was downloaded
+    assert sorted(downloads) == sorted(set(downloads)) and len(downloads) == 5, "each file fetched once"
+    assert "Handling signal: term" in text and "Shutting down: Master" in text

@@ -141,16 +141,17 @@ def test_a_checkpoint_that_is_not_sam3_fails(settings, tiny_checkpoint, tmp_path
     assert check.status == FAIL and "tracker_model" in check.detail
 
 
-def test_gated_and_unknown_repos_say_what_to_do(tmp_path):
-    """Against a fake hub on 127.0.0.1 answering as huggingface.co does for a gated / missing repo."""
-    hub = _Server(401, b'{"error": "Access to model facebook/sam3 is restricted."}',
-                  {"Content-Type": "application/json", "X-Error-Code": "GatedRepo"})
+def test_gated_repo_without_access_says_what_to_do(tmp_path):
+    """Against a fake hub answering as huggingface.co does for a gated repo without access."""
+    from fake_hub import FakeHub
+
+    hub = FakeHub(gated=True)
     code = (
         "from sam3_backend.engine.weights import resolve_weights\n"
         "try:\n    resolve_weights('facebook/sam3', None)\n"
         "except Exception as e:\n    print(type(e).__name__, e)\n"
     )
-    env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0")
+    env = {**os.environ, **hub.env(tmp_path / "hf")}
     env.pop("HF_HUB_CACHE", None)
     try:
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
@@ -158,7 +159,7 @@ def test_gated_and_unknown_repos_say_what_to_do(tmp_path):
         hub.close()
     assert out.startswith("ModelLoadError") and "HF_TOKEN is not set" in out, out
     assert "huggingface.co/facebook/sam3" in out and "tiny-model" in out
-    assert hub.paths, "the hub was never asked"
+    assert hub.requests, "the hub was never asked"
 
 
 # --------------------------------------------------------------------------------------------
