@@ -413,8 +413,8 @@ class Doctor:
         said = body.get("detail") if isinstance(body, dict) else r.text[:200]
         fix = auth.denied_hint()
         if said and "legacy token authentication has been disabled" in str(said):
-            fix = ("legacy tokens are off for this organization: turn them on in Label Studio (Organization → "
-                   "API Tokens settings; LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true only applies when Label Studio "
+            fix = ("legacy tokens are off for this organization: switch on Legacy Tokens under Organization → "
+                   "API Tokens Settings (LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true only applies when Label Studio "
                    "creates the organization on its first start), or use a personal access token")
         return Check("token", FAIL, f"Label Studio answered {r.status_code} to the {kind}: {said}", fix)
 

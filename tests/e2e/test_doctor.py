@@ -24,7 +24,7 @@ import yaml
 from ls_harness import phase
 
 from sam3_backend.config import Settings
-from sam3_backend.doctor import FAIL, OK, SKIP, WARN, Doctor
+from sam3_backend.doctor import FAIL, OK, SKIP, WARN, Check, Doctor, render
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +58,7 @@ def test_good_setup_passes_from_the_command_line(label_studio, backend, project,
                            capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     checks = {c["name"]: c for c in json.loads(r.stdout)}
+    print("\n" + render([Check(**c) for c in checks.values()]))  # what a user sees (pytest -s)
     assert not [c for c in checks.values() if c["status"] == FAIL], checks
     assert checks["label-studio"]["status"] == OK and h.LS_VERSION in checks["label-studio"]["detail"]
     assert checks["token"]["status"] == OK and "legacy token" in checks["token"]["detail"]
