@@ -360,3 +360,11 @@ def test_first_start_downloads_the_weights_then_serves_and_stops_gracefully(tiny
     assert "RANDOMLY INITIALISED SAM 3 TEST MODEL" in text  # the worker loaded what was downloaded
     assert sorted(downloads) == sorted(set(downloads)) and len(downloads) == 5, "each file fetched once"
     assert "Handling signal: term" in text and "Shutting down: Master" in text
+
+
+def test_healthcheck_and_weights_resolution_import_no_torch():
+    """HEALTHCHECK runs every 30 s and serve resolves weights in gunicorn's master: both stay light."""
+    code = ("import sys\nimport sam3_backend.doctor, sam3_backend.engine.weights, sam3_backend.cli\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False False"
