@@ -121,6 +121,7 @@ def test_label_studio_and_backend_share_one_token_and_reach_each_other_by_servic
     assert 6 <= len(REQUIRED["LABEL_STUDIO_API_KEY"]) <= 40
     assert ls_env["LABEL_STUDIO_USERNAME"] and ls_env["LABEL_STUDIO_PASSWORD"] == REQUIRED["LABEL_STUDIO_PASSWORD"]
     assert ls_env["LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN"] == "true"
+    assert ls_env["LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK"] == "true"
     assert [v["target"] for v in ls["volumes"]] == ["/label-studio/data"]
     assert all(v["type"] == "volume" for v in ls["volumes"])
 
