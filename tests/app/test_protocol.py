@@ -67,15 +67,33 @@ def test_batch_prelabel_answers_every_task_in_order(client, payloads, fake_ls):
 
 
 def test_prelabel_respects_the_score_threshold(make_app, payloads):
-    client = make_app(score_threshold=1.0).test_client()
-    r = client.post("/predict", json=recorded(payloads, BATCH5, FULL_CONFIG))
+    body = recorded(payloads, BATCH5, FULL_CONFIG)
+    every = make_app(score_threshold=0.0).test_client().post("/predict", json=body).json["results"][0]["result"]
+    scores = sorted({reg["score"] for reg in every})
+    assert len(scores) >= 4
+    cut = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    r = make_app(score_threshold=cut).test_client().post("/predict", json=body)
     assert r.status_code == 200
-    assert all(res["result"] == [] for res in r.json["results"])
+    kept = r.json["results"][0]["result"]
+    assert kept and all(reg["score"] > cut for reg in kept)
+    assert len(kept) == sum(reg["score"] > cut for reg in every) < len(every)
 
 
-def test_interactive_keypoints_positive_and_negative(client, payloads):
+def test_interactive_keypoints_positive_and_negative(client, payloads, engine, loaded_model):
+    """The recorded positive click + Alt-click give the mask of (positive, negative) points at
+    their pixel positions, and the tracker receives labels 1 then 0."""
+    from sam3_backend.types import GeometryPrompt, Point
+
     body = recorded(payloads, KEYPOINTS, FULL_CONFIG)
-    r = client.post("/predict", json=body)
+    seen = []
+    hook = loaded_model.tracker.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_labels"]), with_kwargs=True
+    )
+    try:
+        r = client.post("/predict", json=body)
+    finally:
+        hook.remove()
+    assert seen[0][0, 0].tolist() == [1, 0]
     assert r.status_code == 200
     [result] = r.json["results"]
     brush = [reg for reg in result["result"] if reg["type"] == "brushlabels"]
@@ -83,6 +101,15 @@ def test_interactive_keypoints_positive_and_negative(client, payloads):
     assert brush[0]["value"]["brushlabels"] == ["cat"]
     mask = brush_mask(brush[0])
     assert mask.shape == (48, 64)
+    clicks = body["params"]["context"]["result"]
+    assert [c["is_positive"] for c in clicks] == [True, False]
+    image = client.application.extensions["sam3"]["service"].fetcher.fetch_image(body["tasks"][0]["data"]["image"])
+
+    def mask_for(signs):
+        points = tuple(Point(c["value"]["x"] * 64 / 100, c["value"]["y"] * 48 / 100, s) for c, s in zip(clicks, signs))
+        return engine.segment_objects(image, [GeometryPrompt(points=points)])[0].mask
+
+    assert np.array_equal(mask, mask_for([True, False]))
 
 
 def _all_manual(body):
