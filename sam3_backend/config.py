@@ -56,7 +56,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 9090
     workers: int = 1
-    threads: int = 8
+    threads: int = 16  # above 2 x MAX_PENDING_REQUESTS, so excess requests reach the app and get a 503
     log_level: str = "INFO"
     max_request_mb: int = 100  # request bodies above this get 413
     max_pending_requests: int = 6  # /predict requests in flight per worker before 503 + Retry-After
