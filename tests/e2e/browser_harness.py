@@ -257,9 +257,8 @@ class LabelingPage:
     def wait_state(self, predicate_js: str) -> None:
         """Wait until ``predicate_js`` (a JS expression over ``a``, the annotation) is true."""
         self.page.wait_for_function(
-            "(expr) => { const a = window.Htx && window.Htx.annotationStore.selected;"
-            " if (!a) return false; return new Function('a', 'return (' + expr + ')')(a); }",
-            arg=predicate_js,
+            "() => { const a = window.Htx && window.Htx.annotationStore.selected;"
+            f" if (!a) return false; return ({predicate_js}); }}"
         )
 
     # -- bottom bar and toolbar ------------------------------------------------------------------

@@ -269,7 +269,7 @@ def project(label_studio, backend, proxy, tmp_path_factory) -> E2EProject:
 
 
 @pytest.fixture(scope="session")
-def chromium_exe(label_studio_exe) -> Path:
+def chromium_exe() -> Path:
     """Debian's chromium, installed on first use (root + apt) like Label Studio is."""
     with phase("install chromium (idempotent)"):
         return bh.ensure_chromium()
