@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--workers", type=int, help="processes; each loads its own model (default WORKERS or 1)")
-    s.add_argument("--threads", type=int, help="threads per worker (default THREADS or 8)")
+    s.add_argument("--threads", type=int, help="threads per worker (default THREADS or 16)")
     s.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
     s.set_defaults(func=_serve)
 

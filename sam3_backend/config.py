@@ -51,12 +51,16 @@ class Settings:
     media_max_bytes: int = 100 * 1024 * 1024
     media_timeout: float = 30.0
     media_local_dirs: tuple[Path, ...] = ()  # local paths in tasks are read only under these
+    media_max_pixels: int = 100_000_000  # decoded image size cap (decompression bombs)
     # Serving.
     host: str = "0.0.0.0"
     port: int = 9090
     workers: int = 1
-    threads: int = 8
+    threads: int = 16  # above 2 x MAX_PENDING_REQUESTS, so excess requests reach the app and get a 503
     log_level: str = "INFO"
+    max_request_mb: int = 100  # request bodies above this get 413
+    max_pending_requests: int = 6  # /predict requests in flight per worker before 503 + Retry-After
+    queue_timeout: float = 60.0  # seconds a request may wait for the model before 503
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -85,11 +89,15 @@ class Settings:
             "media_max_bytes": ("MEDIA_MAX_BYTES", int),
             "media_timeout": ("MEDIA_TIMEOUT", float),
             "media_local_dirs": ("MEDIA_LOCAL_DIRS", lambda v: tuple(Path(p) for p in _csv(v))),
+            "media_max_pixels": ("MEDIA_MAX_PIXELS", int),
             "host": ("HOST", str),
             "port": ("PORT", int),
             "workers": ("WORKERS", int),
             "threads": ("THREADS", int),
             "log_level": ("LOG_LEVEL", lambda v: v.upper()),
+            "max_request_mb": ("MAX_REQUEST_MB", int),
+            "max_pending_requests": ("MAX_PENDING_REQUESTS", int),
+            "queue_timeout": ("QUEUE_TIMEOUT", float),
         }
         values = {}
         for attr, (name, parse) in parsers.items():
@@ -101,12 +109,11 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"environment variable {name}={raw!r} is invalid: {exc}") from exc
         values.update(overrides)
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return cls(**values)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
+        self.validate()
 
     def validate(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -115,6 +122,20 @@ class Settings:
             raise ValueError("SAM3_PRELABEL_BATCH_SIZE must be at least 1")
         if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.label_studio_api_key and not self.label_studio_url:
+            raise ValueError(
+                "LABEL_STUDIO_API_KEY is set without LABEL_STUDIO_URL: set LABEL_STUDIO_URL to your Label Studio "
+                "(e.g. http://label-studio:8080) so the key is only ever sent there"
+            )
+        if self.label_studio_url and (
+            not self.label_studio_url.startswith(("http://", "https://")) or "@" in self.label_studio_url
+        ):
+            raise ValueError(f"LABEL_STUDIO_URL={self.label_studio_url!r} must be an http(s) URL without a user name")
+        for name in ("max_request_mb", "max_pending_requests", "media_max_pixels", "threads", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.upper()} must be at least 1")
+        if self.queue_timeout <= 0:
+            raise ValueError("QUEUE_TIMEOUT must be positive")
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)

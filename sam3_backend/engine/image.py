@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -43,8 +43,8 @@ class StageTimer:
 
 
 class _Stage:
-    def __init__(self, timer: StageTimer, name: str, device: torch.device):
-        self.timer, self.name, self.device = timer, name, device
+    def __init__(self, timer: StageTimer, name: str, device: torch.device, observer=None):
+        self.timer, self.name, self.device, self.observer = timer, name, device, observer
 
     def __enter__(self):
         self.t0 = time.perf_counter()
@@ -52,7 +52,10 @@ class _Stage:
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.timer.add(self.name, time.perf_counter() - self.t0)
+        seconds = time.perf_counter() - self.t0
+        self.timer.add(self.name, seconds)
+        if self.observer is not None:
+            self.observer(self.name, seconds)
 
 
 def _to_input_points(points_xy: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
@@ -105,6 +108,7 @@ class Sam3ImageEngine:
     first (a click before the rest of a prelabel); the caches have their own locks.
 
     ``wait_timeout``: seconds a call may wait for the model before ``SchedulerTimeout``.
+    ``observer(stage, seconds)``, when set, hears every stage timing (for /metrics).
     """
 
     def __init__(self, model: LoadedSam3, *, feature_cache_bytes: int = 1 << 30, text_cache_entries: int = 256,
@@ -118,6 +122,7 @@ class Sam3ImageEngine:
         self.last_timing = StageTimer()
         self.scheduler = scheduler or ModelScheduler()
         self.wait_timeout = wait_timeout
+        self.observer: Callable[[str, float], None] | None = None
 
     def _slot(self, priority: Priority):
         return self.scheduler.slot(priority, self.wait_timeout)
@@ -133,7 +138,7 @@ class Sam3ImageEngine:
 
     # ------------------------------------------------------------------ encode
     def _stage(self, name: str) -> _Stage:
-        return _Stage(self.last_timing, name, self.device)
+        return _Stage(self.last_timing, name, self.device, self.observer)
 
     def _pixel_values(self, images: Sequence[ImageInput]) -> torch.Tensor:
         processor = self.model.processor.image_processor

@@ -84,8 +84,10 @@ def test_backend_is_connected(label_studio, backend, proxy, project):
     assert health and all(e.status == 200 for e in health), proxy.report()
     setups = proxy.find("POST", "/setup")
     assert setups and all(e.status == 200 for e in setups), proxy.report()
-    sent = setups[0].request_json
-    assert sent["project"].startswith(f"{project.id}."), sent["project"]
+    # Other e2e modules (the browser tests) connect projects of their own to the same backend.
+    ours = [e for e in setups if str(e.request_json.get("project", "")).startswith(f"{project.id}.")]
+    assert ours, f"no /setup for project {project.id}: {[e.request_json.get('project') for e in setups]}"
+    sent = ours[0].request_json
     assert "<BrushLabels" in sent["schema"] and sent["hostname"] == label_studio.url
     assert sent["access_token"] == label_studio.token
     last_model_version(proxy)
