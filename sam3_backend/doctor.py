@@ -375,14 +375,14 @@ class Doctor:
         return Check("label-studio", OK, f"Label Studio {release or '(version unknown)'} answers at {url}")
 
     def _auth(self):
+        """The Authorization the backend sends to LABEL_STUDIO_URL (legacy token or personal access token)."""
         from .ls.ls_auth import LabelStudioAuth
-
-        url = self.settings.label_studio_url
 
         def post(target: str, **kwargs) -> requests.Response:
             return requests.post(target, **kwargs)
 
-        return LabelStudioAuth(self.settings, post, lambda _what: url)
+        return LabelStudioAuth(self.settings.label_studio_url or "", self.settings.label_studio_api_key,
+                               "LABEL_STUDIO_API_KEY", post, self.settings.media_timeout)
 
     def check_token(self) -> Check:
         url = self.settings.label_studio_url
