@@ -45,6 +45,7 @@ class TaskOutcome:
     prediction: dict | None
     reason: str | None = None
     error: str | None = None
+    worker: str | None = None  # which process predicted it (bulk jobs on Ray: host:pid of the actor)
 
     @property
     def ok(self) -> bool:
