@@ -188,5 +188,8 @@ def create_app(settings: Settings | None = None, engine=None, *, engine_factory:
         log.error("unhandled error on %s %s\n%s", request.method, request.path, traceback.format_exc())
         return jsonify({"error": "internal error; see the backend log", "type": "InternalError"}), 500
 
+    from .jobs.http import install_jobs
+
+    install_jobs(app, settings, holder, service)  # /jobs API and the /predict deadline hand-off
     holder.start(background=load_in_background)
     return app

@@ -103,7 +103,7 @@ class PredictionService:
         log.info(
             "predict: %s, %d task(s), %d region(s), %.3f s",
             "batch" if context is None else "interactive", len(tasks),
-            sum(len(r["result"]) for r in results), self.metrics.last_predict_seconds,
+            sum(len(r["result"]) for r in results if isinstance(r, dict)), self.metrics.last_predict_seconds,
         )
         return {"results": results, "model_version": self.engine.model_version}
 
