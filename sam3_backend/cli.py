@@ -1,4 +1,4 @@
-"""``sam3-backend``: serve (gunicorn), predict (one image, no Label Studio), tiny-model."""
+"""``sam3-backend``: serve (gunicorn), predict (one image, no Label Studio), tiny-model, prelabel, jobs."""
 
 from __future__ import annotations
 
@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=112)
     t.add_argument("--hub-cache", help="also install it as facebook/sam3 in this offline hub cache")
     t.set_defaults(func=_tiny_model)
+
+    from .jobs.cli import add_job_commands
+
+    add_job_commands(sub)  # prelabel, jobs
     return parser
 
 

@@ -121,16 +121,29 @@ class Predictor(Protocol):
 
 
 class LocalPredictor:
-    """This process's engine, at BACKGROUND priority: a click or a /predict goes first."""
+    """This process's engine, at BACKGROUND priority: a click or a /predict goes first.
+
+    ``prelabeler`` may be a factory, called on the first prediction, with ``model_version``
+    given up front: a re-run that finds every task done then never loads the model.
+    """
 
     name = "in-process"
 
-    def __init__(self, prelabeler: ConceptPrelabeler):
-        self.prelabeler = prelabeler
+    def __init__(self, prelabeler: ConceptPrelabeler | Callable[[], ConceptPrelabeler], *,
+                 model_version: str | None = None):
+        self._prelabeler = prelabeler if isinstance(prelabeler, ConceptPrelabeler) else None
+        self._make = None if self._prelabeler is not None else prelabeler
+        self._model_version = model_version
+
+    @property
+    def prelabeler(self) -> ConceptPrelabeler:
+        if self._prelabeler is None:
+            self._prelabeler = self._make()
+        return self._prelabeler
 
     @property
     def model_version(self) -> str:
-        return self.prelabeler.engine.model_version
+        return self._model_version or self.prelabeler.engine.model_version
 
     def predict(self, tasks: Sequence[TaskRef], config_xml: str, *, labels: Sequence[str], batch_size: int | None,
                 stop: Callable[[], bool]) -> Iterator[list[TaskOutcome]]:

@@ -34,8 +34,9 @@ class JobsRuntime:
     that fails to load fails the job with the reason, not the request that queued it)."""
 
     def __init__(self, settings: Settings, *, engine: Callable[[], object], store: JobStore | None = None,
-                 executor=None, ls_backoff: float = 1.0):
+                 executor=None, ls_backoff: float = 1.0, model_version: Callable[[], str] | None = None):
         self.settings = settings
+        self._model_version = model_version  # known without loading the model (the CLI); else the engine's
         self.store = store or JobStore(settings.jobs_db)
         self.executor = executor or InProcessExecutor(self.store, workers=settings.jobs_workers)
         self._engine = engine
@@ -51,7 +52,8 @@ class JobsRuntime:
             from .ray_prelabel import RayPredictor
 
             return RayPredictor.from_settings(self.settings, connection, actors=params.actors)
-        return LocalPredictor(job_prelabeler(self.settings, self._engine(), connection))
+        version = self._model_version() if self._model_version else None
+        return LocalPredictor(lambda: job_prelabeler(self.settings, self._engine(), connection), model_version=version)
 
     def prelabel(self, params: PrelabelParams, connection: LabelStudioConnection | None, *, exclusive: bool = True,
                  resumed_from: str | None = None) -> Job:
