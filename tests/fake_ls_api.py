@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 TOKEN = "fake-ls-token-0123456789"
+_JWT_SECRET = "fake-label-studio-jwt-signing-key-0123456789"  # the SDK never verifies it
 
 
 @dataclass
@@ -52,6 +53,10 @@ class FakeLabelStudioAPI:
         self.media_delay = 0.0
         self.revoked = False
         self.on_import: Callable[[FakeLabelStudioAPI, list[dict]], None] | None = None
+        self.redirect_to: str | None = None  # answer every API request with a redirect there
+        self.refresh_tokens: set[str] = set()
+        self.access_tokens: set[str] = set()
+        self.auth_headers: list[str] = []
         self._next_task = 1
         self._next_prediction = 1
         outer = self
@@ -76,6 +81,7 @@ class FakeLabelStudioAPI:
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                outer.auth_headers.append(self.headers.get("Authorization") or "")
                 status, body, headers = outer.dispatch(self.command, self.path, self.headers, raw)
                 self._send(status, body, headers)
 
@@ -145,7 +151,12 @@ class FakeLabelStudioAPI:
     def dispatch(self, method: str, target: str, headers, raw: bytes):
         parts = urlsplit(target)
         path, query = parts.path, parse_qs(parts.query)
-        if self.revoked or headers.get("Authorization") != f"Token {self.token}":
+        if path == "/api/token/refresh/" and method == "POST":
+            return self._refresh(json.loads(raw or b"{}").get("refresh"))
+        auth = headers.get("Authorization") or ""
+        if self.redirect_to is not None:
+            return 302, {}, {"Location": self.redirect_to + target}
+        if self.revoked or not (auth == f"Token {self.token}" or auth.removeprefix("Bearer ") in self.access_tokens):
             return self._error(401, "Invalid token.")
         fault = self._fault(method, path)
         if fault is not None and not fault.store_anyway:
@@ -173,6 +184,28 @@ class FakeLabelStudioAPI:
             task = int(query.get("task", ["0"])[0])
             return 200, self.predictions_of(task), {}
         return self._error(404, f"no route {method} {path} in the fake")
+
+    # -- personal access tokens: JWT refresh tokens exchanged for access tokens -------------------
+
+    def personal_access_token(self, lifetime: float = 3600) -> str:
+        import jwt
+
+        now = int(time.time())
+        token = jwt.encode({"token_type": "refresh", "exp": now + int(lifetime), "iat": now, "jti": uuid.uuid4().hex,
+                            "user_id": "1"}, _JWT_SECRET, algorithm="HS256")
+        self.refresh_tokens.add(token)
+        return token
+
+    def _refresh(self, refresh: str | None):
+        import jwt
+
+        if self.revoked or refresh not in self.refresh_tokens:
+            return 401, {"detail": "Token is invalid or expired", "code": "token_not_valid"}, {}
+        now = int(time.time())
+        access = jwt.encode({"token_type": "access", "exp": now + 300, "iat": now, "jti": uuid.uuid4().hex,
+                             "user_id": "1"}, _JWT_SECRET, algorithm="HS256")
+        self.access_tokens.add(access)
+        return 200, {"access": access}, {}
 
     def _tasks(self, query: dict):
         project = int(query.get("project", ["0"])[0])
