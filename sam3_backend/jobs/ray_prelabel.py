@@ -154,7 +154,7 @@ class RayPredictor:
                 PrelabelActor,
                 fn_constructor_kwargs={"spec": self.spec, "config_xml": config_xml, "labels": tuple(labels),
                                        "batch_size": batch_size},
-                batch_size=per_call, batch_format="numpy", concurrency=n_actors,
+                batch_size=per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors),
                 num_gpus=gpus or None, num_cpus=self.spec.cpus,
                 max_restarts=self.max_restarts, max_task_retries=self.max_task_retries,
             )

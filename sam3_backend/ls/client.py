@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 
 from ..errors import BackendError
 
@@ -329,17 +330,34 @@ class LabelStudioClient:
         Not retried (see the module doc); at most ``IMPORT_BATCH_MAX`` per call, so Label Studio
         validates the whole batch before storing any of it.
         """
-        from label_studio_sdk import PredictionRequest
+        from label_studio_sdk.core.api_error import ApiError
 
         if not predictions:
             return 0
         if len(predictions) > IMPORT_BATCH_MAX:
             raise ValueError(f"import at most {IMPORT_BATCH_MAX} predictions per call, got {len(predictions)}")
-        request = [PredictionRequest(task=int(p["task"]), result=p["result"], score=p.get("score"),
-                                     model_version=p.get("model_version")) for p in predictions]
-        answer = self._write(lambda: self._sdk.projects.import_predictions(int(project_id), request=request),
-                             f"prediction import into project {project_id}")
-        created = getattr(answer, "created", None)
+        # The body is encoded here with orjson and sent through the SDK's HTTP client (its base URL,
+        # its auth headers and token refresh): the SDK's own encoder walks every RLE number in
+        # Python, ~500x slower (134 ms vs 0.26 ms for 16 brush predictions at 640x480).
+        body = orjson.dumps([{"task": int(p["task"]), "result": p["result"], "score": p.get("score"),
+                              "model_version": p.get("model_version")} for p in predictions],
+                            option=orjson.OPT_SERIALIZE_NUMPY)
+        path = f"api/projects/{int(project_id)}/import/predictions"
+
+        def send():
+            http = self._sdk._client_wrapper.httpx_client
+            response = http.request(path, method="POST", content=body, headers={"Content-Type": "application/json"},
+                                    request_options={"max_retries": 0})
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = response.text
+            if not 200 <= response.status_code < 300:
+                raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=answer)
+            return answer
+
+        answer = self._write(send, f"prediction import into project {project_id}")
+        created = answer.get("created") if isinstance(answer, dict) else None
         return int(created) if created is not None else len(predictions)
 
 
