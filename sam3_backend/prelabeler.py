@@ -91,8 +91,14 @@ class ConceptPrelabeler:
         self.settings = settings
         self.engine = engine
         self.fetcher = fetcher
+        self._owns_pool = pool is None
         self._pool = pool or ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
         self.seconds_per_image: float | None = None
+
+    def close(self) -> None:
+        """Stop the download threads this prelabeler started (a shared pool is left alone)."""
+        if self._owns_pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self, tasks: Sequence[dict], config: ImageProjectConfig, *, labels: Sequence[str] | None = None,
             priority: Priority = Priority.BATCH, batch_size: int | None = None, deadline: float | None = None,

@@ -263,3 +263,25 @@ class FakeLabelStudioAPI:
         if self.on_import is not None:
             self.on_import(self, items)
         return 201, {"created": len(items)}, {}
+
+
+SIZES = [(48, 64), (60, 40), (32, 32), (50, 70)]
+
+
+def add_image_tasks(api: FakeLabelStudioAPI, project: int, n: int) -> list[int]:
+    """``n`` tasks with small PNGs of a few sizes (H, W), served under /data/upload/<project>/."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ids = []
+    start = len(api.state.files)
+    for i in range(start, start + n):
+        h, w = SIZES[i % len(SIZES)]
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+        path = f"/data/upload/{project}/img{i}.png"
+        api.state.files[path] = buf.getvalue()
+        ids.append(api.add_task(project, {"image": path}))
+    return ids

@@ -116,6 +116,8 @@ class Predictor(Protocol):
     model_version: str
     name: str
 
+    def close(self) -> None: ...
+
     def predict(self, tasks: Sequence[TaskRef], config_xml: str, *, labels: Sequence[str], batch_size: int | None,
                 stop: Callable[[], bool]) -> Iterator[list[TaskOutcome]]: ...
 
@@ -144,6 +146,10 @@ class LocalPredictor:
     @property
     def model_version(self) -> str:
         return self._model_version or self.prelabeler.engine.model_version
+
+    def close(self) -> None:
+        if self._prelabeler is not None:
+            self._prelabeler.close()
 
     def predict(self, tasks: Sequence[TaskRef], config_xml: str, *, labels: Sequence[str], batch_size: int | None,
                 stop: Callable[[], bool]) -> Iterator[list[TaskOutcome]]:

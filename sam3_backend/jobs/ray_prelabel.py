@@ -124,6 +124,9 @@ class RayPredictor:
             self._model_version = model_version(ModelSource(self.spec.model, token=self.spec.hf_token))
         return self._model_version
 
+    def close(self) -> None:
+        """Nothing to release: the actors end with the dataset."""
+
     def pool(self, ray) -> tuple[int, float]:
         """(actors, GPUs per actor): one actor per GPU of the cluster, else ``actors`` (default 1)."""
         gpus = float(ray.cluster_resources().get("GPU", 0))

@@ -68,8 +68,12 @@ class JobsRuntime:
         return job
 
     def _run(self, params: PrelabelParams, connection: LabelStudioConnection, ctx: JobContext) -> dict:
-        return run_prelabel(ctx, params, self.client(connection), self.predictor(params, connection),
-                            write_batch=self.settings.bulk_write_batch)
+        predictor = self.predictor(params, connection)
+        try:
+            return run_prelabel(ctx, params, self.client(connection), predictor,
+                                write_batch=self.settings.bulk_write_batch)
+        finally:
+            predictor.close()
 
     def resume(self, job_id: str, connection: LabelStudioConnection | None) -> Job:
         """A new job with the stored params of ``job_id`` (it skips the tasks already done)."""

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fake_ls_api import TOKEN, FakeLabelStudioAPI
-from helpers import FULL_CONFIG, png
-
-SIZES = [(48, 64), (60, 40), (32, 32), (50, 70)]
+from fake_ls_api import TOKEN, FakeLabelStudioAPI, add_image_tasks
+from helpers import FULL_CONFIG
 
 
 @pytest.fixture
@@ -15,17 +13,6 @@ def fake_api():
     api = FakeLabelStudioAPI()
     yield api
     api.close()
-
-
-def add_image_tasks(api, project: int, n: int) -> list[int]:
-    """``n`` tasks with small PNGs of a few sizes, under /data/upload/<project>/."""
-    ids = []
-    for i in range(n):
-        h, w = SIZES[i % len(SIZES)]
-        path = f"/data/upload/{project}/img{i}.png"
-        api.state.files[path] = png(h, w, i)
-        ids.append(api.add_task(project, {"image": path}))
-    return ids
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import add_image_tasks
+from fake_ls_api import add_image_tasks
 from fake_ls_api import TOKEN
 from helpers import FULL_CONFIG
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import add_image_tasks
+from fake_ls_api import add_image_tasks
 from helpers import FULL_CONFIG
 from sam3_backend.errors import BadRequest
 from sam3_backend.jobs.prelabel import PrelabelParams

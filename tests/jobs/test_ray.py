@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import add_image_tasks
+from fake_ls_api import add_image_tasks
 from sam3_backend.jobs.prelabel import PrelabelParams
 from sam3_backend.jobs.store import JobState
 
