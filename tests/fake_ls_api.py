@@ -69,6 +69,7 @@ class FakeLabelStudioAPI:
 
             def _send(self, status: int, body, headers: dict | None = None):
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                outer.requests.append((self.command, self.path, status))  # before the client can see the answer
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json" if not isinstance(body, bytes) else "image/png")
                 self.send_header("Content-Length", str(len(data)))
@@ -76,7 +77,6 @@ class FakeLabelStudioAPI:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
-                outer.requests.append((self.command, self.path, status))
 
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
