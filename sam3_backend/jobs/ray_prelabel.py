@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..config import Settings
+from ..errors import BackendError
 from ..ls.client import LabelStudioConnection, TaskRef
 from ..prelabeler import TaskOutcome
 
@@ -161,7 +163,14 @@ class RayPredictor:
                 num_gpus=gpus or None, num_cpus=self.spec.cpus,
                 max_restarts=self.max_restarts, max_task_retries=self.max_task_retries,
             )
-        for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+        batches = iter(out.iter_batches(batch_size=None, batch_format="numpy"))
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except ray.exceptions.RayError as exc:
+                raise RayActorFailed(f"the Ray model actors failed: {root_cause(exc)}") from exc
             yield [
                 TaskOutcome(int(task), json.loads(pred) if pred else None, reason or None, error or None, worker)
                 for task, pred, reason, error, worker in zip(batch["task"], batch["prediction"], batch["reason"],
@@ -171,4 +180,23 @@ class RayPredictor:
                 return
 
 
-__all__ = ["ActorSpec", "PrelabelActor", "RayPredictor"]
+class RayActorFailed(BackendError):
+    """The actors could not start (weights, memory, a node) or kept dying beyond the retries."""
+
+    status = 502
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.+)$")
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost ``SomeError: message`` line of a Ray error (whose text carries the remote
+    traceback), without colour codes; the whole first line when there is none."""
+    text = _ANSI.sub("", str(exc))
+    lines = [m.group(0) for line in text.splitlines() if (m := _EXCEPTION_LINE.match(line.strip()))]
+    found = lines[-1] if lines else (text.strip().splitlines() or [type(exc).__name__])[0]
+    return found if len(found) <= 600 else found[:600] + "..."
+
+
+__all__ = ["ActorSpec", "PrelabelActor", "RayActorFailed", "RayPredictor", "root_cause"]

@@ -123,3 +123,38 @@ def test_ray_executor_runs_a_job_remotely_with_progress_and_cancel(local_ray, tm
     ex.submit(failing, broken)
     assert ex.wait_idle(60)
     assert store.get(failing.id).reason == "ValueError: bad params: say what to fix"
+
+
+def test_actors_that_cannot_load_the_model_fail_the_job_once_with_the_reason(
+        local_ray, job_settings, tiny_checkpoint, connection, image_project, tmp_path):
+    """Weights that do not fit the architecture: the driver reads the version from the files, the
+    actors refuse to load them; the job fails quickly with the loader's message, no restart loop."""
+    import json
+    import shutil
+
+    from sam3_backend.jobs.runtime import JobsRuntime
+
+    broken = tmp_path / "broken-checkpoint"
+    shutil.copytree(tiny_checkpoint, broken)
+    config = json.loads((broken / "config.json").read_text())
+
+    def widen(node):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                widen(value)
+            elif key == "hidden_size" and isinstance(value, int):
+                node[key] = value + 8
+
+    widen(config)
+    (broken / "config.json").write_text(json.dumps(config))
+    project, tasks = image_project
+    rt = JobsRuntime(job_settings.with_overrides(sam3_model=str(broken), device="cpu"), engine=lambda: None)
+    try:
+        job = rt.prelabel(PrelabelParams(project=project, ray=True, actors=1), connection)
+        assert rt.executor.wait_idle(180)
+        failed = rt.store.get(job.id)
+    finally:
+        rt.shutdown()
+    assert failed.state == JobState.FAILED
+    assert failed.reason.startswith("the Ray model actors failed: ") and "ModelLoadError" in failed.reason, failed.reason
+    assert "\x1b[" not in failed.reason and "Traceback" not in failed.reason
