@@ -64,6 +64,7 @@ def test_two_actors_predict_each_task_once_an_actor_killed_mid_job_loses_nothing
     assert r["executor"] == "ray" and r["model_version"] == engine.model_version
     assert (r["tasks"], r["predicted"], r["written"], r["failed"], r["not_reached"]) == (24, 24, 24, 0, 0)
     assert sum(r["workers"].values()) == 24
+    print(f"\nkilled {victim}; results per worker: {r['workers']}")
     # two actors shared the work, and the killed one was replaced by a new process
     assert len(r["workers"]) >= 3 or (len(r["workers"]) == 2 and victim in r["workers"]), r["workers"]
     for t in tasks:
