@@ -289,5 +289,9 @@ def create_app(settings: Settings | None = None, engine=None, *, engine_factory:
         log.error("unhandled error on %s %s\n%s", request.method, request.path, traceback.format_exc())
         return jsonify({"error": "internal error; see the backend log", "type": "InternalError"}), 500
 
+    from .jobs.http import install_jobs
+
+    # /jobs API and the /predict deadline hand-off; jobs reach Label Studio as media do (per project)
+    install_jobs(app, settings, holder, service, connection_for=fetcher.connections.api_access)
     holder.start(background=load_in_background)
     return app

@@ -1,4 +1,5 @@
-"""``sam3-backend``: serve (gunicorn), predict (one image, no Label Studio), tiny-model, doctor, healthcheck."""
+"""``sam3-backend``: serve (gunicorn), predict (one image, no Label Studio), tiny-model, doctor,
+healthcheck, prelabel (a whole project), jobs."""
 
 from __future__ import annotations
 
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("healthcheck", help="exit 0 when the backend on this machine says UP (Docker HEALTHCHECK)")
     h.set_defaults(func=_healthcheck)
+    from .jobs.cli import add_job_commands
+
+    add_job_commands(sub)  # prelabel, jobs
     return parser
 
 

@@ -61,6 +61,16 @@ class Settings:
     max_request_mb: int = 100  # request bodies above this get 413
     max_pending_requests: int = 6  # /predict requests in flight per worker before 503 + Retry-After
     queue_timeout: float = 60.0  # seconds a request may wait for the model before 503
+    # Jobs (project-scale prelabeling; jobs.sqlite3 lives in model_dir).
+    predict_deadline: float = 75.0  # s; a /predict batch answers what it finished by then (0: no deadline)
+    jobs_workers: int = 1  # jobs running at once in one backend process
+    bulk_write_batch: int = 100  # predictions per Label Studio import request
+    label_studio_timeout: float = 60.0  # s per Label Studio API request
+    label_studio_retries: int = 5  # retries of a failed Label Studio read (429/5xx/unreachable)
+    ray_address: str | None = None  # RAY_ADDRESS: run bulk jobs on this Ray cluster ("auto": this node's)
+    ray_actors: int = 0  # model actors; 0: one per GPU of the cluster (1 without GPUs)
+    ray_gpus_per_actor: float = 1.0
+    ray_cpus_per_actor: float = 1.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -98,6 +108,15 @@ class Settings:
             "max_request_mb": ("MAX_REQUEST_MB", int),
             "max_pending_requests": ("MAX_PENDING_REQUESTS", int),
             "queue_timeout": ("QUEUE_TIMEOUT", float),
+            "predict_deadline": ("SAM3_PREDICT_DEADLINE", float),
+            "jobs_workers": ("JOBS_WORKERS", int),
+            "bulk_write_batch": ("SAM3_BULK_WRITE_BATCH", int),
+            "label_studio_timeout": ("LABEL_STUDIO_TIMEOUT", float),
+            "label_studio_retries": ("LABEL_STUDIO_RETRIES", int),
+            "ray_address": ("RAY_ADDRESS", str),
+            "ray_actors": ("SAM3_RAY_ACTORS", int),
+            "ray_gpus_per_actor": ("SAM3_RAY_GPUS_PER_ACTOR", float),
+            "ray_cpus_per_actor": ("SAM3_RAY_CPUS_PER_ACTOR", float),
         }
         values = {}
         for attr, (name, parse) in parsers.items():
@@ -136,6 +155,12 @@ class Settings:
                 raise ValueError(f"{name.upper()} must be at least 1")
         if self.queue_timeout <= 0:
             raise ValueError("QUEUE_TIMEOUT must be positive")
+        if self.predict_deadline < 0:
+            raise ValueError("SAM3_PREDICT_DEADLINE must be >= 0 seconds (0 turns the deadline off)")
+        if not 1 <= self.bulk_write_batch <= 500:
+            raise ValueError("SAM3_BULK_WRITE_BATCH must be between 1 and 500 (Label Studio's import slice)")
+        if self.jobs_workers < 1:
+            raise ValueError("JOBS_WORKERS must be at least 1")
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)
@@ -143,6 +168,10 @@ class Settings:
     @property
     def media_cache_dir(self) -> Path:
         return self.model_dir / "media-cache"
+
+    @property
+    def jobs_db(self) -> Path:
+        return self.model_dir / "jobs.sqlite3"
 
 
 __all__ = ["Settings", "BadRequest"]

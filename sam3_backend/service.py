@@ -2,8 +2,10 @@
 
 The only module besides ``app`` that knows both sides. Each request is three steps: decode
 (Label Studio JSON → typed prompts, validated before any download), predict (engine), encode
-(instances → regions). Batch prelabeling isolates failures per task: one broken image gives
-that task an empty result and a logged error, never a failed request.
+(instances → regions). Batch prelabeling is ``prelabeler.ConceptPrelabeler`` (shared with bulk
+jobs); it isolates failures per task: one broken image gives that task an empty result and a
+logged error, never a failed request. With a bulk hand-off installed (``jobs.handoff``), a
+selection too large for the request deadline is partly answered and partly handed to a job.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from typing import Any, Protocol
 from collections.abc import Sequence
 
 from .config import Settings
-from .engine.scheduler import Priority, SchedulerTimeout  # torch-free: safe on this side of the app
-from .errors import BackendError, BadRequest, EngineNotReady
+from .engine.scheduler import Priority
+from .errors import BadRequest, EngineNotReady
 from .ls.connections import MAX_PROJECTS
 from .ls.label_config import ImageProjectConfig, parse_label_config
 from .ls.media import MediaFetcher
 from .ls.prompts import parse_context, to_engine_prompts
-from .ls.results import encode_regions, prediction
+from .ls.results import prediction
 from .metrics import Metrics
+from .prelabeler import ConceptPrelabeler, TaskOutcome, encode_prediction, image_url
 from .types import ConceptPrompt, EngineStats, GeometryPrompt, ImageInput, Instance
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,9 @@ class PredictionService:
         self._projects: OrderedDict[str, str] = OrderedDict()  # project → label config from /setup (bounded)
         self._projects_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
+        self.prelabeler = ConceptPrelabeler(settings, engine, fetcher, pool=self._pool,
+                                            observe=self.metrics.observe_stage)
+        self.bulk_handoff = None  # jobs.handoff.BulkHandoff, installed by the jobs blueprint
 
     # ------------------------------------------------------------------ /setup
     def setup(self, payload: Any) -> dict:
@@ -131,7 +137,8 @@ class PredictionService:
         self.metrics.tasks.labels(mode).inc(len(tasks))
         log.info(
             "predict: %s, %d task(s), %d region(s), %.3f s",
-            mode, len(tasks), sum(len(r["result"]) for r in results), time.perf_counter() - started,
+            mode, len(tasks), sum(len(r["result"]) for r in results if isinstance(r, dict)),
+            time.perf_counter() - started,
         )
         return {"results": results, "model_version": self.engine.model_version}
 
@@ -145,92 +152,29 @@ class PredictionService:
             return known
         raise BadRequest("no 'label_config' in the request and no /setup seen for this project")
 
-    def _image_url(self, task: dict, config: ImageProjectConfig) -> str:
-        data = task.get("data")
-        url = data.get(config.image_value) if isinstance(data, dict) else None
-        if not isinstance(url, str) or not url:
-            raise BadRequest(f"task {task.get('id')} has no image at data.{config.image_value}")
-        return url
-
     def _load(self, task: dict, config: ImageProjectConfig, project: str | None) -> ImageInput:
-        return self.fetcher.fetch_image(self._image_url(task, config), task.get("id"), project)
+        return self.fetcher.fetch_image(image_url(task, config), task.get("id"), project)
 
     def _empty(self) -> dict:
         return prediction([], [], self.engine.model_version)
 
     def _prelabel(self, tasks: list[dict], config: ImageProjectConfig, project: str | None) -> list[dict]:
-        """All tasks, one result each, in order; every label of the config is a concept.
+        """All tasks, one result each, in order; every label of the config is a concept."""
+        self.prelabeler.engine = self.engine  # the app swaps the engine in once loading finishes
+        if self.bulk_handoff is not None:
+            return self.bulk_handoff.prelabel(self, tasks, config, project)
+        return [self.answer(o) for chunk in self.prelabeler.run(tasks, config, project=project) for o in chunk]
 
-        Tasks go through in chunks, the next chunk's downloads running while the model works on
-        this one, so a 1000-task request never holds 1000 decoded images at once.
-        """
-        concepts = [ConceptPrompt(config.concept_text(label)) for label in config.labels]
-        results = [self._empty() for _ in tasks]
-        chunk = max(1, self.settings.prelabel_batch_size) * 2
-        starts = list(range(0, len(tasks), chunk))
-        pending = [self._pool.submit(self._load, t, config, project) for t in tasks[:chunk]]
-        for start in starts:
-            futures = pending
-            upcoming = tasks[start + chunk : start + 2 * chunk]
-            pending = [self._pool.submit(self._load, t, config, project) for t in upcoming]
-            loaded = [self._loaded(fut, tasks[start + j]) for j, fut in enumerate(futures)]
-            good = [j for j, im in enumerate(loaded) if im is not None]
-            found = self._segment_isolated(
-                [loaded[j] for j in good], concepts, [tasks[start + j].get("id") for j in good]
-            )
-            for j, instances in zip(good, found):
-                if instances is not None:
-                    labels = [config.labels[inst.prompt_index] for inst in instances]
-                    results[start + j] = self._encode(instances, labels, config, loaded[j])
-        return results
-
-    def _loaded(self, future, task: dict) -> ImageInput | None:
-        """A task's image, or None with the reason logged: one task's failure is its own."""
-        try:
-            return future.result()
-        except BackendError as exc:
-            self.metrics.task_errors.labels("media").inc()
-            log.error("task %s: %s", task.get("id"), exc)
-        except Exception:
-            self.metrics.task_errors.labels("media").inc()
-            log.exception("task %s: unexpected error while loading its image", task.get("id"))
-        return None
-
-    def _segment_isolated(self, images: list[ImageInput], concepts, task_ids) -> list[list[Instance] | None]:
-        """The batched engine call; if it fails (a GPU out of memory on a big batch, one odd
-        image), each image again on its own, so only the image that fails loses its result."""
-        if not images:
-            return []
-        kwargs = dict(threshold=self.settings.score_threshold, max_instances=self.settings.max_instances,
-                      priority=Priority.BATCH)
-        try:
-            return self.engine.segment_concepts(images, concepts, batch_size=self.settings.prelabel_batch_size, **kwargs)
-        except (EngineNotReady, SchedulerTimeout):
-            raise
-        except Exception:
-            if len(images) == 1:
-                self.metrics.task_errors.labels("model").inc()
-                log.exception("task %s: the model failed on its image", task_ids[0])
-                return [None]
-            log.exception("batched prelabel of %d images failed; retrying them one by one", len(images))
-        out: list[list[Instance] | None] = []
-        for image, task_id in zip(images, task_ids):
-            try:
-                out.append(self.engine.segment_concepts([image], concepts, batch_size=1, **kwargs)[0])
-            except (EngineNotReady, SchedulerTimeout):
-                raise
-            except Exception:
-                self.metrics.task_errors.labels("model").inc()
-                log.exception("task %s: the model failed on its image", task_id)
-                out.append(None)
-        return out
+    def answer(self, outcome: TaskOutcome) -> dict:
+        """A task's /predict result: its prediction, or an empty one (counted as a task error)."""
+        if outcome.ok:
+            return outcome.prediction
+        self.metrics.task_errors.labels(outcome.reason or "internal").inc()
+        return self._empty()
 
     def _encode(self, instances, labels, config, image: ImageInput) -> dict:
-        regions = encode_regions(
-            instances, labels, config, image.width, image.height,
-            polygon_tolerance=self.settings.polygon_tolerance, observe=self.metrics.observe_stage,
-        )
-        return prediction(regions, [inst.score for inst in instances if not inst.is_empty], self.engine.model_version)
+        return encode_prediction(instances, labels, config, image, polygon_tolerance=self.settings.polygon_tolerance,
+                                 model_version=self.engine.model_version, observe=self.metrics.observe_stage)
 
     def _interactive(self, tasks: list[dict], context: Any, config: ImageProjectConfig, project: str | None) -> dict:
         if not isinstance(context, dict):

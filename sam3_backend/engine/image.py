@@ -125,7 +125,10 @@ class Sam3ImageEngine:
         self.observer: Callable[[str, float], None] | None = None
 
     def _slot(self, priority: Priority):
-        return self.scheduler.slot(priority, self.wait_timeout)
+        """The model for one call. Requests wait at most ``wait_timeout``; background work (bulk
+        jobs, training) waits as long as it takes: it is behind everyone by design."""
+        timeout = None if priority >= Priority.BACKGROUND else self.wait_timeout
+        return self.scheduler.slot(priority, timeout)
 
     # ------------------------------------------------------------------ identity
     @property

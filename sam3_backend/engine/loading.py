@@ -106,6 +106,19 @@ def _resolve_folder(source: ModelSource) -> Path:
     return resolve_weights(source.name_or_path, source.token, source.revision)
 
 
+def _identity(folder: Path) -> tuple[str, bool]:
+    config = json.loads((folder / "config.json").read_text())
+    is_test = bool(config.get(TEST_MODEL_MARKER))
+    fingerprint = _fingerprint(folder)
+    return (f"sam3-test-{fingerprint}" if is_test else f"sam3-{fingerprint}"), is_test
+
+
+def model_version(source: ModelSource) -> str:
+    """The ``model_version`` ``load_sam3`` would report for ``source``, without loading weights
+    (a bulk job's driver needs it to skip finished tasks while its workers load the model)."""
+    return _identity(_resolve_folder(source))[0]
+
+
 def load_sam3(source: ModelSource, device: str = "auto", dtype: str = "auto") -> LoadedSam3:
     """Load detector + tracker from one checkpoint, strictly; share the ViT backbone."""
     from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel
@@ -138,10 +151,7 @@ def load_sam3(source: ModelSource, device: str = "auto", dtype: str = "auto") ->
     detector.to(dev).eval()
     tracker.to(dev).eval()
 
-    config = json.loads((folder / "config.json").read_text())
-    is_test = bool(config.get(TEST_MODEL_MARKER))
-    fingerprint = _fingerprint(folder)
-    version = f"sam3-test-{fingerprint}" if is_test else f"sam3-{fingerprint}"
+    version, is_test = _identity(folder)
     image_size = int(processor.image_processor.size["height"])
     if is_test:
         log.warning("Loaded a RANDOMLY INITIALISED SAM 3 TEST MODEL from %s: its masks are meaningless", folder)

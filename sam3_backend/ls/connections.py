@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import requests
 
 from ..config import Settings
+from .client import ApiAccess
 from .ls_auth import LabelStudioAuth
 from .urls import origin
 
@@ -114,6 +115,22 @@ class Connections:
             return None
         source = f"the token /setup sent for project {project}"
         return LabelStudioConnection(entry.hostname, None, self._auth(entry.hostname, entry.token, source))
+
+    def api_access(self, project: str | int | None) -> ApiAccess | None:
+        """URL + key for Label Studio's API on behalf of ``project`` (jobs write predictions with it),
+        by the same rules as media: the environment's pair, else that project's /setup pair.
+
+        ``project`` is Label Studio's ``"<id>.<created_at>"`` or a bare id (the jobs API): a bare id
+        takes the most recent /setup of a project with that id.
+        """
+        key = project if isinstance(project, str) or project is None else str(project)
+        if key is not None and "." not in key:
+            with self._lock:
+                matches = [k for k in self._setups if k.split(".", 1)[0] == key]
+            key = matches[-1] if matches else key
+        conn = self.for_project(key)
+        token = conn.auth.api_key()[0] if conn is not None else None
+        return ApiAccess(conn.url, token) if conn is not None and token else None
 
     def _auth(self, url: str, key: str | None, source: str) -> LabelStudioAuth:
         """One auth object per (url, key), so exchanged access tokens are cached across requests."""
