@@ -76,7 +76,7 @@ class Metrics:
         self.predictions = Counter("sam3_predict_requests", "/predict requests by mode", ["mode"], registry=r)
         self.tasks = Counter("sam3_tasks_predicted", "Tasks answered by /predict, by mode", ["mode"], registry=r)
         self.task_errors = Counter(
-            "sam3_task_errors", "Tasks answered with an empty result because of an error", ["kind"], registry=r
+            "sam3_task_errors", "Tasks answered without a prediction because of an error", ["kind"], registry=r
         )
         self.webhooks = Counter("sam3_webhooks", "Webhooks by action (unknown actions as 'other')", ["action"], registry=r)
 

@@ -3,8 +3,8 @@
 The only module besides ``app`` that knows both sides. Each request is three steps: decode
 (Label Studio JSON → typed prompts, validated before any download), predict (engine), encode
 (instances → regions). Batch prelabeling is ``prelabeler.ConceptPrelabeler`` (shared with bulk
-jobs); it isolates failures per task: one broken image gives that task an empty result and a
-logged error, never a failed request. With a bulk hand-off installed (``jobs.handoff``), a
+jobs); it isolates failures per task: one broken image gives that task no prediction (``[]``)
+and a logged error, never a failed request. With a bulk hand-off installed (``jobs.handoff``), a
 selection too large for the request deadline is partly answered and partly handed to a job.
 """
 
@@ -165,12 +165,16 @@ class PredictionService:
             return self.bulk_handoff.prelabel(self, tasks, config, project)
         return [self.answer(o) for chunk in self.prelabeler.run(tasks, config, project=project) for o in chunk]
 
-    def answer(self, outcome: TaskOutcome) -> dict:
-        """A task's /predict result: its prediction, or an empty one (counted as a task error)."""
+    def answer(self, outcome: TaskOutcome) -> dict | list:
+        """A task's /predict item: its prediction, or ``[]`` when it has none (counted as a task
+        error). Label Studio stores nothing for ``[]``, so a task whose image could not be read
+        (a wrong token, a file not there yet) is asked for again by the next "Retrieve
+        predictions"; an empty prediction would make it skip that task for this model version.
+        A task whose image was read but holds no instance gets an empty prediction, as it should."""
         if outcome.ok:
             return outcome.prediction
         self.metrics.task_errors.labels(outcome.reason or "internal").inc()
-        return self._empty()
+        return []
 
     def _encode(self, instances, labels, config, image: ImageInput) -> dict:
         return encode_prediction(instances, labels, config, image, polygon_tolerance=self.settings.polygon_tolerance,

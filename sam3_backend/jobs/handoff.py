@@ -14,7 +14,8 @@ Label Studio 1.23 sends every selected task in one ``/predict`` and waits ``ML_T
 
 So the answer keeps one item per task, in order: a prediction for each task finished before
 SAM3_PREDICT_DEADLINE (below Label Studio's 100 s), and ``[]`` for the others, which stores
-neither an empty nor a duplicate prediction. Those tasks go to a bulk job (``jobs.prelabel``,
+neither an empty nor a duplicate prediction (tasks whose image cannot be read get ``[]`` too, so a
+later "Retrieve predictions" asks for them again). Those tasks go to a bulk job (``jobs.prelabel``,
 ``task_ids`` = them) that writes their predictions through the API with the same model version;
 it runs after any prelabel job already running for the project and re-checks each task before
 writing, so nothing is written twice. Tasks that a queued or running prelabel job of the project
@@ -39,8 +40,6 @@ from .runtime import JobsRuntime
 from .store import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
-
-DEFERRED: list = []  # the /predict item that makes Label Studio store nothing for a task
 
 
 def project_id(project: Any, tasks: list[dict]) -> int | None:
@@ -95,7 +94,7 @@ class BulkHandoff:
         if covered:
             log.info("predict: %d task(s) are left to the prelabel job(s) %s already running for project %s",
                      len(covered), ", ".join(j.id for j in active), pid)
-        return [answers.get(id(t), DEFERRED) for t in tasks]
+        return [answers.get(id(t), []) for t in tasks]
 
     def _active(self, pid: int | None) -> list:
         """Queued or running prelabel jobs of the project, after clearing those of dead processes."""
@@ -126,4 +125,4 @@ class BulkHandoff:
                  "(GET /jobs/%s)", len(later), self.settings.predict_deadline, job.id, job.id)
 
 
-__all__ = ["DEFERRED", "BulkHandoff", "project_id"]
+__all__ = ["BulkHandoff", "project_id"]

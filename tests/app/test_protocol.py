@@ -50,7 +50,8 @@ def test_batch_prelabel_answers_every_task_in_order(client, payloads, fake_ls):
     results = r.json["results"]
     assert len(results) == len(body["tasks"]) == 5
     # tasks 0-2 are uploads the fake Label Studio serves; 3 is a host that is not allowed,
-    # 4 a local file it does not have: those get empty results, the others still succeed.
+    # 4 a local file it does not have: those get [] (Label Studio stores nothing and asks again
+    # next time), the others still succeed.
     for i in range(3):
         regions = results[i]["result"]
         assert regions, f"task {i} got nothing at threshold 0"
@@ -63,7 +64,7 @@ def test_batch_prelabel_answers_every_task_in_order(client, payloads, fake_ls):
         assert all(brush_mask(reg).any() for reg in brush)
         assert 0.0 <= results[i]["score"] <= 1.0
         assert results[i]["model_version"] == r.json["model_version"]
-    assert results[3]["result"] == [] and results[4]["result"] == []
+    assert results[3] == [] and results[4] == []
 
 
 def test_prelabel_respects_the_score_threshold(make_app, payloads):
@@ -346,7 +347,7 @@ def test_large_batches_stream_in_chunks_and_keep_task_order(make_app):
             region = result["result"][0]
             assert (region["original_width"], region["original_height"]) == SIZES[url]
         else:
-            assert result["result"] == []
+            assert result == []
     assert client.get("/metrics?format=json").json["service"]["task_errors"] == 2
 
 
@@ -365,6 +366,6 @@ def test_a_model_failure_on_one_image_costs_only_that_task(make_app):
     urls = ["/data/upload/1/8db9e49a-img0.png", "/data/upload/1/b04a6451-img2.png", "/data/upload/1/8db9e49a-img0.png"]
     r = client.post("/predict", json={"tasks": _tasks(urls), "label_config": FULL_CONFIG})
     assert r.status_code == 200
-    got = [bool(res["result"]) for res in r.json["results"]]
-    assert got == [True, False, True]
+    got = [bool(res) and bool(res["result"]) for res in r.json["results"]]
+    assert got == [True, False, True] and r.json["results"][1] == []
     assert client.get("/metrics?format=json").json["service"]["task_errors"] == 1
