@@ -15,6 +15,10 @@ Sections (each guarded by the time budget; one that would not fit is skipped wit
   (text encoder + DETR head + masks), and on a new image (+ ViT).
 * ``prelabel``: images/s with 3 concepts per image, batch size swept 1..32 (new images each,
   text features warm), best batch size reported.
+* ``bulk``: the bulk prelabel job (``jobs.prelabel``, in-process, main dtype) at the best prelabel
+  batch size over a project served by a loopback imitation of Label Studio's API
+  (``tests/fake_ls_api.py``): images/s of the whole job (media download, model, RLE, imports with
+  the re-check before each write) against the engine alone, time in Label Studio's API apart.
 * ``video``: ``Sam3VideoModel`` full size, text prompt, 1080p clip, pinned to 1 and 5 tracked
   objects (``force_video_objects``): frames/s of ``propagate_in_video_iterator`` and with the
   processor's 1080p post-processing.
@@ -357,6 +361,71 @@ def train_row(bench: Bench, loaded, engine, prepared, batch: int) -> dict:
             "final_loss": result.losses[-1]}
 
 
+BULK_CONFIG = ('<View><Image name="image" value="$image"/>'
+               '<BrushLabels name="tag" toName="image">{labels}</BrushLabels>'
+               '<RectangleLabels name="rect" toName="image">{labels}</RectangleLabels></View>')
+
+
+def bulk(bench: Bench, engine, pool, batch: int, n_images: int, engine_images_per_s: float) -> dict:
+    """The bulk prelabel job end to end on this engine, against the loopback Label Studio API."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fake_ls_api import TOKEN, FakeLabelStudioAPI
+
+    from sam3_backend.config import Settings
+    from sam3_backend.jobs.prelabel import PrelabelParams
+    from sam3_backend.jobs.runtime import JobsRuntime
+    from sam3_backend.ls.client import ApiAccess
+
+    a = bench.args
+    labels = "".join(f'<Label value="{c}"/>' for c in CONCEPTS[: a.concepts])
+    api = FakeLabelStudioAPI()
+    work = Path(tempfile.mkdtemp(prefix="sam3-gpu-bulk-"))
+    runtime = None
+    try:
+        project = api.add_project(BULK_CONFIG.format(labels=labels))
+        for i in range(n_images):
+            path = f"/data/upload/{project}/bulk-{i}.jpg"
+            pixels = pool[i % len(pool)].copy()
+            pixels[0, 0] = (i % 256, i // 256 % 256, 7)  # distinct bytes: no cache hit between tasks
+            api.state.files[path] = _models.image_bytes(pixels)
+            api.add_task(project, {"image": path})
+        settings = Settings.from_env({}, model_dir=work, score_threshold=0.0, max_instances=a.instances,
+                                     bulk_write_batch=50, label_studio_url=api.url, label_studio_api_key=TOKEN)
+        runtime = JobsRuntime(settings, engine=lambda: engine)
+        import label_studio_sdk  # noqa: F401  (a one-time import of ~1 s, not part of the job's rate)
+
+        engine.features.clear()
+        bench.sync()
+        t0 = time.perf_counter()
+        job = runtime.prelabel(PrelabelParams(project=project, batch_size=batch), ApiAccess(api.url, TOKEN))
+        if not runtime.executor.wait_idle(max(60.0, bench.budget.left())):
+            raise RuntimeError("the bulk job did not finish within the budget")
+        wall = time.perf_counter() - t0
+        done = runtime.store.get(job.id)
+        if done.state.value != "done":
+            raise RuntimeError(f"bulk job {done.state.value}: {done.reason}")
+        r = done.result
+        ips = r["predicted"] / wall
+        return {
+            "images": r["predicted"],
+            "batch": batch,
+            "job_seconds": wall,
+            "images_per_s": ips,
+            "engine_images_per_s": engine_images_per_s,
+            "job_vs_engine": ips / engine_images_per_s,
+            "label_studio_api_seconds": r["label_studio_api"]["seconds"],
+            "label_studio_api_calls": r["label_studio_api"]["calls"],
+            "written": r["written"],
+        }
+    finally:
+        if runtime is not None:
+            runtime.shutdown()
+        api.close()
+        engine.features.clear()
+
+
 # --------------------------------------------------------------------------- model builders
 
 
@@ -450,7 +519,18 @@ def markdown(result: dict) -> str:
         best = next(p for p in r["sweep"] if p["batch"] == r["best_batch"])
         st = best["per_image_ms"]
         lines += ["", f"{dt} at batch {r['best_batch']}, per image: " + ", ".join(f"{k.replace('_', ' ')} {fmt_ms(v)} ms" for k, v in sorted(st.items())), ""]
+    lines += ["### Bulk prelabel job (in-process, loopback Label Studio API)", ""]
+    for dt, r in _g(s, "bulk", default={}).items():
+        if "images_per_s" not in r:
+            lines.append(f"- {dt}: {r.get('skipped') or r.get('error') or 'not run'}")
+            continue
+        lines.append(
+            f"- {dt}: {r['images']} images at batch {r['batch']}: **{fmt_num(r['images_per_s'])} images/s** for the whole"
+            f" job ({r['job_seconds']:.1f} s) vs {fmt_num(r['engine_images_per_s'])} for the engine alone"
+            f" ({100 * r['job_vs_engine']:.0f}%); Label Studio API {r['label_studio_api_seconds']:.2f} s"
+            f" ({r['label_studio_api_calls']} calls)")
     lines += [
+        "",
         "### Video (`Sam3VideoModel`, text prompt, pinned object count)",
         "",
         "| dtype | objects | frames | model frames/s | frames/s incl. post-process to frame size | frame p50 ms | frame p95 ms | post-process p50 ms | session init s | peak GiB |",
@@ -599,6 +679,9 @@ def main(argv=None) -> int:
         bench.run("text_prompt", dt, 3 * per, lambda: text_prompt(bench, engine, pixels, dt))
         bench.run("prelabel", dt, 4 * per, lambda: prelabel(bench, engine, pool, dt, batches if i == 0 else fp32_batches, min_images))
         if i == 0:
+            best_batch = int(_g(bench.sections, "prelabel", dt, "best_batch", default=1))
+            engine_ips = float(_g(bench.sections, "prelabel", dt, "best_images_per_s", default=float("nan")))
+            bench.run("bulk", dt, 4 * per + 10, lambda: bulk(bench, engine, pool, best_batch, min_images * 2, engine_ips))
             train_batches = [int(x) for x in args.train_batches.split(",")]
             prepared = train_features(bench, loaded, engine, max(8, *train_batches))
             for b in train_batches:

@@ -1,5 +1,5 @@
-"""``sam3-backend``: serve (gunicorn), predict (one image, no Label Studio), tiny-model, train, versions,
-rollback, jobs."""
+"""``sam3-backend``: serve (gunicorn), predict (one image, no Label Studio), tiny-model, doctor,
+healthcheck, prelabel (a whole project), jobs, train, versions, rollback."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "workers": args.workers,
                                     "threads": args.threads}.items() if v is not None}
     settings = Settings.from_env(**overrides)
+    _prepare_weights(settings)
     if args.dev:
         from .app import create_app
 
@@ -36,6 +37,32 @@ def _serve(args: argparse.Namespace) -> int:
 
     _Gunicorn().run()
     return 0
+
+
+def _prepare_weights(settings: Settings) -> None:
+    """Resolve (first start: download) the weights once, before gunicorn forks its workers.
+
+    Torch-free, so CUDA is never initialised in the master; fails fast (exit 2, the fix in the
+    message) when they cannot be had, e.g. HF_HUB_OFFLINE=1 without them in the hub cache.
+    """
+    import logging
+
+    from .engine.weights import resolve_weights
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    resolve_weights(settings.sam3_model, settings.hf_token)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main
+
+    return doctor_main(json_output=args.json, project_id=args.project, task_id=args.task, timeout=args.timeout)
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    from .doctor import healthcheck
+
+    return healthcheck(Settings.from_env())
 
 
 def _parse_floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -119,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--workers", type=int, help="processes; each loads its own model (default WORKERS or 1)")
-    s.add_argument("--threads", type=int, help="threads per worker (default THREADS or 8)")
+    s.add_argument("--threads", type=int, help="threads per worker (default THREADS or 16)")
     s.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
     s.set_defaults(func=_serve)
 
@@ -139,9 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hub-cache", help="also install it as facebook/sam3 in this offline hub cache")
     t.set_defaults(func=_tiny_model)
 
+    d = sub.add_parser("doctor", help="check weights, device, disk, Label Studio, token, media, Ray; print fixes")
+    d.add_argument("--project", type=int, help="fetch media from this project's first task")
+    d.add_argument("--task", type=int, help="fetch media from this task")
+    d.add_argument("--timeout", type=float, default=5.0, help="seconds per network check (default 5)")
+    d.add_argument("--json", action="store_true", help="print the checks as JSON")
+    d.set_defaults(func=_doctor)
+
+    h = sub.add_parser("healthcheck", help="exit 0 when the backend on this machine says UP (Docker HEALTHCHECK)")
+    h.set_defaults(func=_healthcheck)
+    from .jobs.cli import add_job_commands
+
+    add_job_commands(sub)  # prelabel, jobs
     from .cli_train import add_subcommands
 
-    add_subcommands(sub)  # train, versions, rollback, jobs
+    add_subcommands(sub)  # train, versions, rollback
     return parser
 
 

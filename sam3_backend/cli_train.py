@@ -1,4 +1,5 @@
-"""``sam3-backend train | versions | rollback | jobs``: fine-tuning from the command line.
+"""``sam3-backend train | versions | rollback``: fine-tuning from the command line (``sam3-backend jobs``
+lists training jobs with the others).
 
 ``train`` runs a training job in this process (with a progress bar) against the same stores the
 server uses (``MODEL_DIR``): the annotation store, reconciled with Label Studio's API
@@ -22,20 +23,61 @@ def _training(settings: Settings, engine=None):
     from .ls.media import MediaFetcher
     from .training import TrainingService
 
-    return TrainingService(settings, SimpleNamespace(engine=engine), MediaFetcher(settings))
+    holder = SimpleNamespace(engine=engine)
+    return TrainingService(settings, holder, MediaFetcher(settings), engine=lambda: holder.engine)
 
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class _Bars:
+    """One tqdm bar per stage of the job (encoding, training, evaluating ...) on stderr."""
 
+    def __init__(self):
+        self.bars: dict = {}
+
+    def update(self, stage: str, done: int, total: int | None, loss=None) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            self.close()
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="step" if stage == "training" else "it",
+                                          file=sys.stderr, leave=True)
+        bar.n = done
+        if loss is not None:
+            bar.set_postfix(loss=loss)
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+class _WithBars:
+    """The job's context, also drawing the progress it reports."""
+
+    def __init__(self, ctx, bars: _Bars):
+        self._ctx, self._bars, self.job = ctx, bars, ctx.job
+
+    def progress(self, *, done=None, total=None, failed=None, **extra) -> None:
+        self._ctx.progress(done=done, total=total, failed=failed, **extra)
+        if extra.get("stage") and done is not None:
+            self._bars.update(extra["stage"], done, total, extra.get("loss"))
+
+    def cancelled(self) -> bool:
+        return self._ctx.cancelled()
+
+    def check_cancelled(self) -> None:
+        self._ctx.check_cancelled()
+
+
+def _train(args: argparse.Namespace) -> int:
     from .engine.image import Sam3ImageEngine
     from .engine.loading import ModelSource, load_sam3
-    from .jobs.executor import JobContext, run_job
-    from .jobs.store import JobConflict
+    from .jobs.executor import run_job
+    from .jobs.store import JobConflict, process_owner
     from .jobs.train import KIND, TrainTrigger, run_train
 
     overrides = {k: v for k, v in {"train_steps": args.steps, "train_mode": args.mode, "train_lr": args.lr,
@@ -50,36 +92,19 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     print(f"training job {job.id} for project {args.project}: loading SAM 3 ...", file=sys.stderr)
     try:
-        engine = Sam3ImageEngine(load_sam3(ModelSource(settings.sam3_model, token=settings.hf_token),
-                                           settings.device, settings.dtype))
+        training.holder.engine = Sam3ImageEngine(load_sam3(ModelSource(settings.sam3_model, token=settings.hf_token),
+                                                           settings.device, settings.dtype))
     except BaseException as exc:
         training.jobs.fail(job.id, f"the model did not load: {exc}")
         raise
-    deps = training.deps(engine)
-    bars: dict[str, tqdm] = {}
-
-    class BarContext(JobContext):
-        def progress(self, *, done=None, total=None, failed=None, **extra):
-            super().progress(done=done, total=total, failed=failed, **extra)
-            stage = extra.get("stage")
-            if stage and done is not None:
-                bar = bars.get(stage)
-                if bar is None:
-                    for old in bars.values():
-                        old.close()
-                    bar = bars[stage] = tqdm(total=total, desc=stage, unit="step" if stage == "training" else "it",
-                                             file=sys.stderr, leave=True)
-                bar.n = done
-                if "loss" in extra:
-                    bar.set_postfix(loss=extra["loss"])
-                bar.refresh()
-
+    deps = training.deps()
+    bars = _Bars()
     trigger = TrainTrigger(int(args.project), "cli")
     try:
-        finished = run_job(training.jobs, job, lambda ctx: run_train(ctx, trigger, deps), context=BarContext)
+        finished = run_job(training.jobs, job, lambda ctx: run_train(_WithBars(ctx, bars), trigger, deps),
+                           owner=process_owner())
     finally:
-        for bar in bars.values():
-            bar.close()
+        bars.close()
     if finished.state.value != "done":
         print(f"training job {finished.id} {finished.state.value}: {finished.reason}", file=sys.stderr)
         return 1
@@ -121,27 +146,6 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs(args: argparse.Namespace) -> int:
-    from .jobs.store import JobStore
-
-    settings = Settings.from_env()
-    store = JobStore(settings.jobs_db)
-    store.recover()
-    jobs = store.list(kind=args.kind, project=args.project, limit=args.limit)
-    if args.json:
-        print(json.dumps([j.as_dict() for j in jobs], indent=1, default=str))
-        return 0
-    for j in jobs:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_at))
-        stage = j.progress.get("stage", "")
-        progress = f"{j.done}/{j.total}" if j.total else str(j.done)
-        detail = j.reason or (j.result.get("reason") if j.result else "") or ""
-        print(f"{j.id}  {j.kind:<8} project {j.project or '-':<5} {j.state.value:<9} {when}  {stage} {progress}  {detail}")
-    if not jobs:
-        print("no jobs")
-    return 0
-
-
 def add_subcommands(sub) -> None:
     t = sub.add_parser("train", help="fine-tune SAM 3 on a Label Studio project's annotations (in this process)")
     t.add_argument("--project", required=True, type=int, help="Label Studio project id")
@@ -161,11 +165,3 @@ def add_subcommands(sub) -> None:
     r.add_argument("version", help="a version id such as project-3-v2, or 'base' (then --project)")
     r.add_argument("--project", help="the project (needed with 'base')")
     r.set_defaults(func=_rollback)
-
-    if "jobs" not in sub.choices:
-        j = sub.add_parser("jobs", help="list jobs (training, ...) and their state")
-        j.add_argument("--kind")
-        j.add_argument("--project")
-        j.add_argument("--limit", type=int, default=20)
-        j.add_argument("--json", action="store_true")
-        j.set_defaults(func=_jobs)

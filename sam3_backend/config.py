@@ -51,12 +51,26 @@ class Settings:
     media_max_bytes: int = 100 * 1024 * 1024
     media_timeout: float = 30.0
     media_local_dirs: tuple[Path, ...] = ()  # local paths in tasks are read only under these
+    media_max_pixels: int = 100_000_000  # decoded image size cap (decompression bombs)
     # Serving.
     host: str = "0.0.0.0"
     port: int = 9090
     workers: int = 1
-    threads: int = 8
+    threads: int = 16  # above 2 x MAX_PENDING_REQUESTS, so excess requests reach the app and get a 503
     log_level: str = "INFO"
+    max_request_mb: int = 100  # request bodies above this get 413
+    max_pending_requests: int = 6  # /predict requests in flight per worker before 503 + Retry-After
+    queue_timeout: float = 60.0  # seconds a request may wait for the model before 503
+    # Jobs (project-scale prelabeling; jobs.sqlite3 lives in model_dir).
+    predict_deadline: float = 75.0  # s; a /predict batch answers what it finished by then (0: no deadline)
+    jobs_workers: int = 1  # jobs running at once in one backend process
+    bulk_write_batch: int = 100  # predictions per Label Studio import request
+    label_studio_timeout: float = 60.0  # s per Label Studio API request
+    label_studio_retries: int = 5  # retries of a failed Label Studio read (429/5xx/unreachable)
+    ray_address: str | None = None  # RAY_ADDRESS: run bulk jobs on this Ray cluster ("auto": this node's)
+    ray_actors: int = 0  # model actors; 0: one per GPU of the cluster (1 without GPUs)
+    ray_gpus_per_actor: float = 1.0
+    ray_cpus_per_actor: float = 1.0
     # Fine-tuning (issue 8): see README "Fine-tuning".
     train_mode: str = "full"  # full | lora (measured on the synthetic set: bench/RESULTS.md)
     train_steps: int = 500
@@ -101,11 +115,24 @@ class Settings:
             "media_max_bytes": ("MEDIA_MAX_BYTES", int),
             "media_timeout": ("MEDIA_TIMEOUT", float),
             "media_local_dirs": ("MEDIA_LOCAL_DIRS", lambda v: tuple(Path(p) for p in _csv(v))),
+            "media_max_pixels": ("MEDIA_MAX_PIXELS", int),
             "host": ("HOST", str),
             "port": ("PORT", int),
             "workers": ("WORKERS", int),
             "threads": ("THREADS", int),
             "log_level": ("LOG_LEVEL", lambda v: v.upper()),
+            "max_request_mb": ("MAX_REQUEST_MB", int),
+            "max_pending_requests": ("MAX_PENDING_REQUESTS", int),
+            "queue_timeout": ("QUEUE_TIMEOUT", float),
+            "predict_deadline": ("SAM3_PREDICT_DEADLINE", float),
+            "jobs_workers": ("JOBS_WORKERS", int),
+            "bulk_write_batch": ("SAM3_BULK_WRITE_BATCH", int),
+            "label_studio_timeout": ("LABEL_STUDIO_TIMEOUT", float),
+            "label_studio_retries": ("LABEL_STUDIO_RETRIES", int),
+            "ray_address": ("RAY_ADDRESS", str),
+            "ray_actors": ("SAM3_RAY_ACTORS", int),
+            "ray_gpus_per_actor": ("SAM3_RAY_GPUS_PER_ACTOR", float),
+            "ray_cpus_per_actor": ("SAM3_RAY_CPUS_PER_ACTOR", float),
             "train_mode": ("TRAIN_MODE", lambda v: v.strip().lower()),
             "train_steps": ("TRAIN_STEPS", int),
             "train_batch_size": ("TRAIN_BATCH_SIZE", int),
@@ -132,12 +159,11 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"environment variable {name}={raw!r} is invalid: {exc}") from exc
         values.update(overrides)
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return cls(**values)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
+        self.validate()
 
     def validate(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -146,6 +172,26 @@ class Settings:
             raise ValueError("SAM3_PRELABEL_BATCH_SIZE must be at least 1")
         if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.label_studio_api_key and not self.label_studio_url:
+            raise ValueError(
+                "LABEL_STUDIO_API_KEY is set without LABEL_STUDIO_URL: set LABEL_STUDIO_URL to your Label Studio "
+                "(e.g. http://label-studio:8080) so the key is only ever sent there"
+            )
+        if self.label_studio_url and (
+            not self.label_studio_url.startswith(("http://", "https://")) or "@" in self.label_studio_url
+        ):
+            raise ValueError(f"LABEL_STUDIO_URL={self.label_studio_url!r} must be an http(s) URL without a user name")
+        for name in ("max_request_mb", "max_pending_requests", "media_max_pixels", "threads", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.upper()} must be at least 1")
+        if self.queue_timeout <= 0:
+            raise ValueError("QUEUE_TIMEOUT must be positive")
+        if self.predict_deadline < 0:
+            raise ValueError("SAM3_PREDICT_DEADLINE must be >= 0 seconds (0 turns the deadline off)")
+        if not 1 <= self.bulk_write_batch <= 500:
+            raise ValueError("SAM3_BULK_WRITE_BATCH must be between 1 and 500 (Label Studio's import slice)")
+        if self.jobs_workers < 1:
+            raise ValueError("JOBS_WORKERS must be at least 1")
         self._validate_training()
 
     def _validate_training(self) -> None:

@@ -31,5 +31,16 @@ class EngineNotReady(BackendError):
     status = 503
 
 
+class Overloaded(BackendError):
+    """More requests wait for the model than this worker takes on (HTTP 503 with Retry-After)."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 5, reason: str = "overload"):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.reason = reason  # "overload" (admission) or "queue_timeout" (model wait), for /metrics
+
+
 class ModelLoadError(RuntimeError):
     """Weights are missing or do not match the architecture: never serve such a model."""

@@ -2,25 +2,33 @@
 
 The only module besides ``app`` that knows both sides. Each request is three steps: decode
 (Label Studio JSON → typed prompts, validated before any download), predict (engine), encode
-(instances → regions). Batch prelabeling isolates failures per task: one broken image gives
-that task an empty result and a logged error, never a failed request.
+(instances → regions). Batch prelabeling is ``prelabeler.ConceptPrelabeler`` (shared with bulk
+jobs); it isolates failures per task: one broken image gives that task no prediction (``[]``)
+and a logged error, never a failed request. With a bulk hand-off installed (``jobs.handoff``), a
+selection too large for the request deadline is partly answered and partly handed to a job.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 from collections.abc import Sequence
 
 from .config import Settings
-from .errors import BackendError, BadRequest, EngineNotReady
+from .engine.scheduler import Priority
+from .errors import BadRequest, EngineNotReady
+from .ls.connections import MAX_PROJECTS
 from .ls.label_config import ImageProjectConfig, parse_label_config
 from .ls.media import MediaFetcher
 from .ls.prompts import parse_context, to_engine_prompts
-from .ls.results import encode_regions, prediction
+from .ls.results import prediction
+from .metrics import Metrics
+from .prelabeler import ConceptPrelabeler, TaskOutcome, encode_prediction, image_url
 from .types import ConceptPrompt, EngineStats, GeometryPrompt, ImageInput, Instance
 
 log = logging.getLogger(__name__)
@@ -33,45 +41,77 @@ class ImageEngine(Protocol):
     is_test_model: bool
     stats: EngineStats
 
-    def segment_objects(self, image: ImageInput, objects: Sequence[GeometryPrompt]) -> list[Instance]: ...
+    def segment_objects(self, image: ImageInput, objects: Sequence[GeometryPrompt], *, priority) -> list[Instance]: ...
 
     def segment_concepts(
         self, images: Sequence[ImageInput], concepts: Sequence[ConceptPrompt], *, threshold: float,
-        max_instances: int, batch_size: int,
+        max_instances: int, batch_size: int, priority,
     ) -> list[list[Instance]]: ...
 
 
-@dataclass
-class ServiceMetrics:
-    predict_requests: int = 0
-    interactive_requests: int = 0
-    tasks_predicted: int = 0
-    task_errors: int = 0
-    last_predict_seconds: float = 0.0
-    webhooks: dict[str, int] = field(default_factory=dict)
+# Webhook actions Label Studio 1.23 sends; anything else is counted as "other" (bounded labels).
+WEBHOOK_ACTIONS = frozenset({
+    "ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+    "TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED",
+    "START_TRAINING", "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED",
+    "REVIEW_CREATED", "REVIEW_UPDATED", "REVIEWS_DELETED",
+})
+
+
+def project_key(payload: dict) -> str | None:
+    """Label Studio's ``project`` field (``"<id>.<created_at>"``, sometimes a bare id) as a key."""
+    project = payload.get("project")
+    if project is None or project == "":
+        return None
+    if isinstance(project, bool) or not isinstance(project, (str, int)):
+        raise BadRequest(f"'project' must be a string like \"3.1712345678\" or an integer, got {project!r}")
+    key = str(project).strip()
+    if len(key) > 100:
+        raise BadRequest("'project' is too long (more than 100 characters)")
+    return key
+
+
+def _optional_string(payload: dict, name: str) -> str | None:
+    value = payload.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string, got {type(value).__name__}")
+    return value
 
 
 class PredictionService:
-    def __init__(self, settings: Settings, engine: ImageEngine, fetcher: MediaFetcher):
+    def __init__(self, settings: Settings, engine: ImageEngine, fetcher: MediaFetcher, metrics: Metrics | None = None):
         self.settings = settings
         self.engine = engine
         self.fetcher = fetcher
-        self.metrics = ServiceMetrics()
-        self._projects: dict[str, str] = {}  # project id → label config from /setup
+        self.metrics = metrics or Metrics()
+        self._projects: OrderedDict[str, str] = OrderedDict()  # project → label config from /setup (bounded)
+        self._projects_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
+        self.prelabeler = ConceptPrelabeler(settings, engine, fetcher, pool=self._pool,
+                                            observe=self.metrics.observe_stage)
+        self.bulk_handoff = None  # jobs.handoff.BulkHandoff, installed by the jobs blueprint
 
     # ------------------------------------------------------------------ /setup
     def setup(self, payload: Any) -> dict:
         if not isinstance(payload, dict):
             raise BadRequest("the /setup body must be a JSON object with 'schema' (the label config)")
-        schema = payload.get("schema") or payload.get("label_config")
+        project = project_key(payload)
+        hostname = _optional_string(payload, "hostname")
+        token = _optional_string(payload, "access_token")
+        schema = payload.get("schema")
+        if schema is None:
+            schema = payload.get("label_config")
         if schema is not None:
             if not isinstance(schema, str):
                 raise BadRequest("'schema' must be the project's label config XML string")
             parse_label_config(schema)  # validate now: Label Studio shows this message on Connect
-            if payload.get("project"):
-                self._projects[str(payload["project"]).split(".")[0]] = schema
-        self.fetcher.configure(payload.get("hostname"), payload.get("access_token"))
+            if project is not None:
+                with self._projects_lock:
+                    self._projects.pop(project, None)
+                    self._projects[project] = schema
+                    while len(self._projects) > MAX_PROJECTS:
+                        self._projects.popitem(last=False)
+        self.fetcher.setup(project, hostname, token)
         return {"model_version": self.engine.model_version}
 
     # ------------------------------------------------------------------ /predict
@@ -81,162 +121,104 @@ class PredictionService:
         tasks = payload.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
-        config = parse_label_config(self._label_config(payload))
+        project = project_key(payload)
+        config = parse_label_config(self._label_config(payload, project))
         params = payload.get("params") or {}
         if not isinstance(params, dict):
             raise BadRequest("'params' must be an object")
         context = params.get("context")
+        mode = "batch" if context is None else "interactive"
         started = time.perf_counter()
-        self.metrics.predict_requests += 1
+        self.metrics.predictions.labels(mode).inc()
         if context is None:
-            results = self._prelabel(tasks, config)
+            results = self._prelabel(tasks, config, project)
         else:
-            self.metrics.interactive_requests += 1
-            results = [self._interactive(tasks, context, config)] if tasks else []
-        self.metrics.tasks_predicted += len(tasks)
-        self.metrics.last_predict_seconds = time.perf_counter() - started
+            results = [self._interactive(tasks, context, config, project)] if tasks else []
+        self.metrics.tasks.labels(mode).inc(len(tasks))
         log.info(
             "predict: %s, %d task(s), %d region(s), %.3f s",
-            "batch" if context is None else "interactive", len(tasks),
-            sum(len(r["result"]) for r in results), self.metrics.last_predict_seconds,
+            mode, len(tasks), sum(len(r["result"]) for r in results if isinstance(r, dict)),
+            time.perf_counter() - started,
         )
         return {"results": results, "model_version": self.engine.model_version}
 
-    def _label_config(self, payload: dict) -> str:
+    def _label_config(self, payload: dict, project: str | None) -> str:
         xml = payload.get("label_config")
         if isinstance(xml, str) and xml.strip():
             return xml
-        project = str(payload.get("project") or "").split(".")[0]
-        if project in self._projects:
-            return self._projects[project]
+        with self._projects_lock:
+            known = self._projects.get(project) if project is not None else None
+        if known is not None:
+            return known
         raise BadRequest("no 'label_config' in the request and no /setup seen for this project")
 
-    def _image_url(self, task: dict, config: ImageProjectConfig) -> str:
-        data = task.get("data")
-        url = data.get(config.image_value) if isinstance(data, dict) else None
-        if not isinstance(url, str) or not url:
-            raise BadRequest(f"task {task.get('id')} has no image at data.{config.image_value}")
-        return url
-
-    def _load(self, task: dict, config: ImageProjectConfig) -> ImageInput:
-        return self.fetcher.fetch_image(self._image_url(task, config), task.get("id"))
+    def _load(self, task: dict, config: ImageProjectConfig, project: str | None) -> ImageInput:
+        return self.fetcher.fetch_image(image_url(task, config), task.get("id"), project)
 
     def _empty(self) -> dict:
         return prediction([], [], self.engine.model_version)
 
-    def _prelabel(self, tasks: list[dict], config: ImageProjectConfig) -> list[dict]:
-        """All tasks, one result each, in order; every label of the config is a concept.
+    def _prelabel(self, tasks: list[dict], config: ImageProjectConfig, project: str | None) -> list[dict]:
+        """All tasks, one result each, in order; every label of the config is a concept."""
+        self.prelabeler.engine = self.engine  # the app swaps the engine in once loading finishes
+        if self.bulk_handoff is not None:
+            return self.bulk_handoff.prelabel(self, tasks, config, project)
+        return [self.answer(o) for chunk in self.prelabeler.run(tasks, config, project=project) for o in chunk]
 
-        Tasks go through in chunks, the next chunk's downloads running while the model works on
-        this one, so a 1000-task request never holds 1000 decoded images at once.
-        """
-        concepts = [ConceptPrompt(config.concept_text(label)) for label in config.labels]
-        results = [self._empty() for _ in tasks]
-        chunk = max(1, self.settings.prelabel_batch_size) * 2
-        starts = list(range(0, len(tasks), chunk))
-        pending = [self._pool.submit(self._load, t, config) for t in tasks[:chunk]]
-        for start in starts:
-            futures = pending
-            upcoming = tasks[start + chunk : start + 2 * chunk]
-            pending = [self._pool.submit(self._load, t, config) for t in upcoming]
-            loaded = [self._loaded(fut, tasks[start + j]) for j, fut in enumerate(futures)]
-            good = [j for j, im in enumerate(loaded) if im is not None]
-            found = self._segment_isolated(
-                [loaded[j] for j in good], concepts, [tasks[start + j].get("id") for j in good]
-            )
-            for j, instances in zip(good, found):
-                if instances is not None:
-                    labels = [config.labels[inst.prompt_index] for inst in instances]
-                    results[start + j] = self._encode(instances, labels, config, loaded[j])
-        return results
-
-    def _loaded(self, future, task: dict) -> ImageInput | None:
-        """A task's image, or None with the reason logged: one task's failure is its own."""
-        try:
-            return future.result()
-        except BackendError as exc:
-            self.metrics.task_errors += 1
-            log.error("task %s: %s", task.get("id"), exc)
-        except Exception:
-            self.metrics.task_errors += 1
-            log.exception("task %s: unexpected error while loading its image", task.get("id"))
-        return None
-
-    def _segment_isolated(self, images: list[ImageInput], concepts, task_ids) -> list[list[Instance] | None]:
-        """The batched engine call; if it fails (a GPU out of memory on a big batch, one odd
-        image), each image again on its own, so only the image that fails loses its result."""
-        if not images:
-            return []
-        kwargs = dict(threshold=self.settings.score_threshold, max_instances=self.settings.max_instances)
-        try:
-            return self.engine.segment_concepts(images, concepts, batch_size=self.settings.prelabel_batch_size, **kwargs)
-        except EngineNotReady:
-            raise
-        except Exception:
-            if len(images) == 1:
-                self.metrics.task_errors += 1
-                log.exception("task %s: the model failed on its image", task_ids[0])
-                return [None]
-            log.exception("batched prelabel of %d images failed; retrying them one by one", len(images))
-        out: list[list[Instance] | None] = []
-        for image, task_id in zip(images, task_ids):
-            try:
-                out.append(self.engine.segment_concepts([image], concepts, batch_size=1, **kwargs)[0])
-            except EngineNotReady:
-                raise
-            except Exception:
-                self.metrics.task_errors += 1
-                log.exception("task %s: the model failed on its image", task_id)
-                out.append(None)
-        return out
+    def answer(self, outcome: TaskOutcome) -> dict | list:
+        """A task's /predict item: its prediction, or ``[]`` when it has none (counted as a task
+        error). Label Studio stores nothing for ``[]``, so a task whose image could not be read
+        (a wrong token, a file not there yet) is asked for again by the next "Retrieve
+        predictions"; an empty prediction would make it skip that task for this model version.
+        A task whose image was read but holds no instance gets an empty prediction, as it should."""
+        if outcome.ok:
+            return outcome.prediction
+        self.metrics.task_errors.labels(outcome.reason or "internal").inc()
+        return []
 
     def _encode(self, instances, labels, config, image: ImageInput) -> dict:
-        regions = encode_regions(
-            instances, labels, config, image.width, image.height,
-            polygon_tolerance=self.settings.polygon_tolerance,
-        )
-        return prediction(regions, [inst.score for inst in instances if not inst.is_empty], self.engine.model_version)
+        return encode_prediction(instances, labels, config, image, polygon_tolerance=self.settings.polygon_tolerance,
+                                 model_version=self.engine.model_version, observe=self.metrics.observe_stage)
 
-    def _interactive(self, tasks: list[dict], context: Any, config: ImageProjectConfig) -> dict:
+    def _interactive(self, tasks: list[dict], context: Any, config: ImageProjectConfig, project: str | None) -> dict:
         if not isinstance(context, dict):
             raise BadRequest("'params.context' must be an object with a 'result' list")
         query = parse_context(context, config)
         if query is None or query.is_empty():
             return self._empty()
-        image = self._load(tasks[0], config)
+        image = self._load(tasks[0], config, project)
         prompts = to_engine_prompts(query, image.width, image.height)
         fallback = query.label or self._label_for_text(query.text, config)
         if prompts.concept is not None:
             instances = self.engine.segment_concepts(
                 [image], [prompts.concept], threshold=self.settings.score_threshold,
-                max_instances=self.settings.max_instances, batch_size=1,
+                max_instances=self.settings.max_instances, batch_size=1, priority=Priority.INTERACTIVE,
             )[0]
             labels = [fallback] * len(instances)
         else:
-            instances = self.engine.segment_objects(image, prompts.objects)
+            instances = self.engine.segment_objects(image, prompts.objects, priority=Priority.INTERACTIVE)
             per_object = list(prompts.object_labels) or [None] * len(prompts.objects)
             labels = [per_object[inst.prompt_index] or fallback for inst in instances]
         return self._encode(instances, labels, _suggestion_outputs(config), image)
 
     @staticmethod
-    def _label_for_text(text: str | None, config: ImageProjectConfig) -> str:
-        """A typed concept gets the config label it names (case-insensitive), else the first label."""
+    def _label_for_text(text: str | None, config: ImageProjectConfig) -> str | None:
+        """A typed concept gets the config label it names (case-insensitive), else the first label;
+        a config without labels (``<Brush>`` with a smart ``<KeyPoint>``) gets unlabelled regions."""
         if text:
             for label in config.labels:
                 if label.lower() == text.strip().lower():
                     return label
-        if not config.labels:
-            raise BadRequest("the label config has no labels to attach to the prediction")
-        return config.labels[0]
+        return config.labels[0] if config.labels else None
 
     # ------------------------------------------------------------------ /webhook
     def webhook(self, payload: Any) -> dict:
         if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
             raise BadRequest("a webhook body must be a JSON object with an 'action'")
         action = payload["action"]
-        self.metrics.webhooks[action] = self.metrics.webhooks.get(action, 0) + 1
-        log.info("webhook %s acknowledged", action)
-        return {"status": "ok", "action": action}
+        self.metrics.webhooks.labels(action if action in WEBHOOK_ACTIONS else "other").inc()
+        log.info("webhook %s acknowledged", action[:64])
+        return {"status": "ok", "action": action[:64]}
 
 
 def _suggestion_outputs(config: ImageProjectConfig) -> ImageProjectConfig:

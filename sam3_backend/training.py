@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .config import Settings
@@ -22,6 +23,7 @@ from .engine.versions import ServedModels, VersionError, VersionStore, model_ver
 from .errors import BadRequest
 from .jobs.executor import InProcessExecutor
 from .jobs.store import Job, JobConflict, JobStore
+from .ls.client import LabelStudioClient, LabelStudioUnavailable
 from .jobs.train import KIND, TrainDeps, TrainTrigger, run_train, scope_of
 from .store.annotations import STORE_ACTIONS, AnnotationStore, Limits
 
@@ -43,17 +45,19 @@ def project_id(value: Any) -> int | None:
 
 
 class TrainingService:
-    def __init__(self, settings: Settings, holder, fetcher, *, executor: InProcessExecutor | None = None):
+    def __init__(self, settings: Settings, holder, fetcher, *, executor: InProcessExecutor | None = None,
+                 engine: Callable[[], object] | None = None):
         self.settings = settings
         self.holder = holder  # app.EngineHolder: .engine is the base engine once loaded
-        self.fetcher = fetcher
+        self.fetcher = fetcher  # ls.media.MediaFetcher: images, and the project's Label Studio connection
         self.annotations = AnnotationStore(settings.annotations_db, Limits(max_bulk=10_000))
         self.jobs = JobStore(settings.jobs_db)
-        self.executor = executor or InProcessExecutor(self.jobs)
+        # Training has its own worker: a long bulk prelabel never holds a training job back, and the
+        # reverse (they share the model through the scheduler, one call at a time).
+        self.executor = executor or InProcessExecutor(self.jobs, workers=1)
+        self._engine = engine or (lambda: holder.engine)  # for jobs: the loaded base engine (may wait)
         self.versions = VersionStore(settings.versions_dir)
         self.served = ServedModels(self.versions, settings.served_versions_max)
-        for job in self.jobs.recover():
-            log.warning("job %s (%s, project %s) was interrupted: %s", job.id, job.kind, job.project, job.reason)
 
     # ------------------------------------------------------------------ serving
     def engine_for(self, project: int | None, base=None):
@@ -73,10 +77,16 @@ class TrainingService:
     # ------------------------------------------------------------------ webhooks
     def on_webhook(self, payload: dict) -> dict:
         """Store annotation actions (durably, before the reply) and start training when asked;
-        returns what to add to the webhook's reply."""
+        returns what to add to the webhook's reply. A malformed annotation payload is acknowledged
+        (the reply says why nothing was stored); ``START_TRAINING`` without a project is a 400, so
+        Label Studio shows that training did not start."""
         action = payload.get("action")
         if action in STORE_ACTIONS:
-            result = self.annotations.ingest(payload)
+            try:
+                result = self.annotations.ingest(payload)
+            except BadRequest as exc:  # acknowledged like every webhook (Label Studio cannot fix it), not stored
+                log.warning("webhook %s not stored: %s", action, exc)
+                return {"store": {"error": str(exc)}}
             reply: dict = {"store": result.as_dict()}
             if result.project is not None and action != "ANNOTATIONS_DELETED":
                 reply |= self._maybe_auto_train(result.project)
@@ -98,9 +108,9 @@ class TrainingService:
         return {"job": job.id, "job_state": job.state.value, "queued": created} if created else {}
 
     # ------------------------------------------------------------------ jobs
-    def deps(self, engine=None) -> TrainDeps:
-        return TrainDeps(self.settings, engine if engine is not None else self.holder.engine, self.fetcher,
-                         self.annotations, self.versions, self.served, self.export)
+    def deps(self) -> TrainDeps:
+        return TrainDeps(self.settings, self._engine, self.fetcher, self.annotations, self.versions, self.served,
+                         self.export)
 
     def start(self, trigger: TrainTrigger) -> tuple[Job, bool]:
         """Queue a training job for the project unless one is queued or running: (job, created)."""
@@ -111,21 +121,24 @@ class TrainingService:
                      trigger.source, conflict.existing.id, conflict.existing.state.value)
             return conflict.existing, False
         deps = self.deps()
-        self.executor.submit(job, lambda ctx: run_train(ctx, trigger, deps))
+        self.executor.submit(job, lambda ctx: run_train(ctx, trigger, deps), exclusive=True)
         log.info("training job %s queued for project %s (%s)", job.id, trigger.project, trigger.source)
         return job, True
 
     def export(self, project: int):
-        """Label Studio's annotated tasks of ``project`` (credentials: env, else /setup's)."""
-        from .errors import MediaUnavailable
-        from .ls.project_export import export_annotated_tasks
+        """Label Studio's annotated tasks of ``project``, with the project's connection (the
+        environment's URL + key, else the hostname + token of that project's /setup)."""
+        from .ls.client import ProjectExport
 
-        base_url = self.fetcher.label_studio_url
-        key = self.settings.label_studio_api_key or self.fetcher._auth.api_key()[0]
-        if not base_url or not key:
-            raise MediaUnavailable("Label Studio's URL or API key is unknown (set LABEL_STUDIO_URL and "
-                                   "LABEL_STUDIO_API_KEY, or connect the backend from Label Studio)")
-        return export_annotated_tasks(base_url, key, project, max_tasks=self.settings.train_max_images * 4)
+        access = self.fetcher.connections.api_access(project)
+        if access is None:
+            raise LabelStudioUnavailable("no Label Studio connection for the project: set LABEL_STUDIO_URL and "
+                                         "LABEL_STUDIO_API_KEY, or connect the backend from Label Studio")
+        client = LabelStudioClient(access, timeout=self.settings.label_studio_timeout,
+                                   retries=self.settings.label_studio_retries)
+        config = client.project(project).label_config
+        tasks = [t for page in client.annotated_tasks(project) for t in page][: self.settings.train_max_images * 4]
+        return ProjectExport(config or None, tasks)
 
     # ------------------------------------------------------------------ versions
     def listing(self, project: int | None = None) -> dict:

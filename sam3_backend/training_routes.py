@@ -15,6 +15,8 @@ blueprint and a size guard for webhook bodies; ``app.py`` calls it and routes ``
 
 from __future__ import annotations
 
+import atexit
+
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from .engine.versions import PLOT, VersionError
@@ -55,7 +57,7 @@ def _project_arg(value) -> int | None:
 
 
 def _job_body(job) -> dict:
-    body = job.as_dict()
+    body = job.to_dict()
     body["job_status"] = _LS_STATES[job.state]
     return body
 
@@ -155,7 +157,10 @@ def rollback():
 
 def init_training(app, settings, holder, fetcher) -> TrainingService:
     """Build the training service, register the routes and the webhook body-size guard."""
-    training = TrainingService(settings, holder, fetcher)
+    from .jobs.http import _ready_engine  # waits for the model a job needs (as bulk jobs do)
+
+    training = TrainingService(settings, holder, fetcher, engine=lambda: _ready_engine(holder))
+    atexit.register(training.executor.shutdown)  # a training job cut short ends "interrupted", not lost
     app.extensions["sam3"]["training"] = training
     app.register_blueprint(bp)
 

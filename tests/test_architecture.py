@@ -33,14 +33,54 @@ def test_creating_the_app_does_not_load_a_model():
     assert _imports_in_subprocess(code) == "False"
 
 
-def test_engine_never_imports_the_label_studio_side():
-    for path in (PACKAGE / "engine").rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                target = ("." * node.level) + (node.module or "")
-                assert not target.startswith("..ls") and "sam3_backend.ls" not in target, (path, target)
-                assert not target.startswith("..service") and not target.startswith("..app"), (path, target)
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    assert not alias.name.startswith("sam3_backend.ls"), (path, alias.name)
+def imported_modules(path: Path, package_root: Path = PACKAGE) -> set[str]:
+    """Absolute names of every module (and ``from m import name`` target) a file imports, with
+    relative imports resolved: ``from .. import ls`` in sam3_backend/engine/x.py -> sam3_backend.ls."""
+    parts = list(path.relative_to(package_root.parent).with_suffix("").parts)
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _violations(folder: str, forbidden: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [
+        (str(path.relative_to(PACKAGE)), name)
+        for path in (PACKAGE / folder).rglob("*.py")
+        for name in imported_modules(path)
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    ]
+
+
+GLUE = ("sam3_backend.service", "sam3_backend.app", "sam3_backend.cli", "sam3_backend.jobs")
+
+
+def test_engine_never_imports_the_label_studio_side_or_the_glue():
+    assert _violations("engine", ("sam3_backend.ls",) + GLUE) == []
+
+
+def test_label_studio_side_never_imports_the_engine_or_the_glue():
+    assert _violations("ls", ("sam3_backend.engine",) + GLUE) == []
+
+
+def test_the_import_guard_sees_every_spelling(tmp_path):
+    """The guard itself: each way of importing the Label Studio side is caught."""
+    spellings = ["from .. import ls", "from ..ls import media", "from sam3_backend import ls",
+                 "import sam3_backend.ls.media", "from sam3_backend.ls.results import encode_regions",
+                 "from ..ls.results import encode_regions"]
+    probe = tmp_path / "sam3_backend" / "engine" / "probe.py"
+    probe.parent.mkdir(parents=True)
+    for code in spellings:
+        probe.write_text(code + "\n")
+        names = imported_modules(probe, tmp_path / "sam3_backend")
+        assert any(n == "sam3_backend.ls" or n.startswith("sam3_backend.ls.") for n in names), (code, names)

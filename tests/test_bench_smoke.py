@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIRED = ("interactive", "text_prompt", "prelabel", "video", "memory", "attention", "compile", "train")
+REQUIRED = ("interactive", "text_prompt", "prelabel", "bulk", "video", "memory", "attention", "compile", "train")
 
 
 def _numbers(value) -> list[float]:
@@ -50,6 +50,8 @@ def test_gpu_bench_smoke(tmp_path):
         assert sections["text_prompt"][dt]["cached_image"]["p50_ms"] > 0
         assert sections["prelabel"][dt]["best_images_per_s"] > 0
         assert sections["memory"][dt]["model_gib"] > 0
+    bulk = sections["bulk"][data["meta"]["dtypes"][0]]
+    assert bulk["written"] == bulk["images"] > 0 and bulk["images_per_s"] > 0
     videos = sections["video"]
     assert {v["objects"] for v in videos.values()} == {1, 2}
     for v in videos.values():

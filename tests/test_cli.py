@@ -79,3 +79,15 @@ def test_bad_settings_and_missing_files_exit_with_a_message(tmp_path, tiny_check
     r = subprocess.run(CLI + ["predict", str(tmp_path / "nope.png"), "--text", "x", "--out", str(tmp_path)],
                        env=_env(tiny_checkpoint), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "nope.png" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_key_without_its_url_refuses_to_start_with_one_line(tmp_path, tiny_checkpoint):
+    env = dict(_env(tiny_checkpoint), LABEL_STUDIO_API_KEY="secret-key")
+    env.pop("LABEL_STUDIO_URL", None)
+    for argv in (CLI + ["serve"], [sys.executable, "-c", "import _wsgi"]):
+        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
+                           cwd=Path(__file__).resolve().parents[1])
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "LABEL_STUDIO_API_KEY is set without LABEL_STUDIO_URL" in lines[0]
+        assert "secret-key" not in r.stderr

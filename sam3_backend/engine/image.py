@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import cv2
@@ -45,8 +45,8 @@ class StageTimer:
 
 
 class _Stage:
-    def __init__(self, timer: StageTimer, name: str, device: torch.device):
-        self.timer, self.name, self.device = timer, name, device
+    def __init__(self, timer: StageTimer, name: str, device: torch.device, observer=None):
+        self.timer, self.name, self.device, self.observer = timer, name, device, observer
 
     def __enter__(self):
         self.t0 = time.perf_counter()
@@ -54,7 +54,10 @@ class _Stage:
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.timer.add(self.name, time.perf_counter() - self.t0)
+        seconds = time.perf_counter() - self.t0
+        self.timer.add(self.name, seconds)
+        if self.observer is not None:
+            self.observer(self.name, seconds)
 
 
 def _to_input_points(points_xy: np.ndarray, width: int, height: int, size: int) -> np.ndarray:
@@ -107,6 +110,7 @@ class Sam3ImageEngine:
     first (a click before the rest of a prelabel); the caches have their own locks.
 
     ``wait_timeout``: seconds a call may wait for the model before ``SchedulerTimeout``.
+    ``observer(stage, seconds)``, when set, hears every stage timing (for /metrics).
     """
 
     def __init__(self, model: LoadedSam3, *, feature_cache_bytes: int = 1 << 30, text_cache_entries: int = 256,
@@ -120,6 +124,7 @@ class Sam3ImageEngine:
         self.last_timing = StageTimer()
         self.scheduler = scheduler or ModelScheduler()
         self.wait_timeout = wait_timeout
+        self.observer: Callable[[str, float], None] | None = None
 
     def with_detector(self, detector, version: str) -> "Sam3ImageEngine":
         """An engine serving ``detector`` (a fine-tuned ``Sam3Model`` built on this engine's) as
@@ -131,7 +136,10 @@ class Sam3ImageEngine:
         return variant
 
     def _slot(self, priority: Priority):
-        return self.scheduler.slot(priority, self.wait_timeout)
+        """The model for one call. Requests wait at most ``wait_timeout``; background work (bulk
+        jobs, training) waits as long as it takes: it is behind everyone by design."""
+        timeout = None if priority >= Priority.BACKGROUND else self.wait_timeout
+        return self.scheduler.slot(priority, timeout)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -144,7 +152,7 @@ class Sam3ImageEngine:
 
     # ------------------------------------------------------------------ encode
     def _stage(self, name: str) -> _Stage:
-        return _Stage(self.last_timing, name, self.device)
+        return _Stage(self.last_timing, name, self.device, self.observer)
 
     def _pixel_values(self, images: Sequence[ImageInput]) -> torch.Tensor:
         processor = self.model.processor.image_processor

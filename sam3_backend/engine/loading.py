@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ModelLoadError
 from .tiny import TEST_MODEL_MARKER
+from .weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +110,21 @@ def _fingerprint(folder: Path) -> str:
 
 
 def _resolve_folder(source: ModelSource) -> Path:
-    """Local folder as is; a hub id through the hub cache (download only when online)."""
-    local = Path(source.name_or_path).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").exists():
-            raise ModelLoadError(f"SAM3_MODEL={local} is a folder without config.json; it is not a SAM 3 checkpoint")
-        return local
-    try:
-        from huggingface_hub import snapshot_download
+    """Local folder as is; a hub id through the hub cache (downloaded once when online); see ``weights``."""
+    return resolve_weights(source.name_or_path, source.token, source.revision)
 
-        return Path(snapshot_download(source.name_or_path, revision=source.revision, token=source.token))
-    except Exception as exc:  # offline miss, gated repo, bad id: all need the same advice
-        raise ModelLoadError(
-            f"Cannot load SAM 3 weights from {source.name_or_path!r}: {type(exc).__name__}: {exc}. "
-            "facebook/sam3 is gated: accept its licence on huggingface.co and set HF_TOKEN, or download it "
-            "once and point SAM3_MODEL at the folder. For a test model without weights run "
-            "`sam3-backend tiny-model DIR` and set SAM3_MODEL=DIR."
-        ) from exc
+
+def _identity(folder: Path) -> tuple[str, bool]:
+    config = json.loads((folder / "config.json").read_text())
+    is_test = bool(config.get(TEST_MODEL_MARKER))
+    fingerprint = _fingerprint(folder)
+    return (f"sam3-test-{fingerprint}" if is_test else f"sam3-{fingerprint}"), is_test
+
+
+def model_version(source: ModelSource) -> str:
+    """The ``model_version`` ``load_sam3`` would report for ``source``, without loading weights
+    (a bulk job's driver needs it to skip finished tasks while its workers load the model)."""
+    return _identity(_resolve_folder(source))[0]
 
 
 def load_sam3(source: ModelSource, device: str = "auto", dtype: str = "auto") -> LoadedSam3:
@@ -160,10 +159,7 @@ def load_sam3(source: ModelSource, device: str = "auto", dtype: str = "auto") ->
     detector.to(dev).eval()
     tracker.to(dev).eval()
 
-    config = json.loads((folder / "config.json").read_text())
-    is_test = bool(config.get(TEST_MODEL_MARKER))
-    fingerprint = _fingerprint(folder)
-    version = f"sam3-test-{fingerprint}" if is_test else f"sam3-{fingerprint}"
+    version, is_test = _identity(folder)
     image_size = int(processor.image_processor.size["height"])
     if is_test:
         log.warning("Loaded a RANDOMLY INITIALISED SAM 3 TEST MODEL from %s: its masks are meaningless", folder)

@@ -21,11 +21,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from ..config import Settings
-from ..errors import BackendError, BadRequest
+from ..errors import BackendError, BadRequest, EngineNotReady
 from ..ls.annotations import SkipCounter, annotation_masks, choose_annotation
 from ..ls.label_config import ImageProjectConfig, parse_label_config
 from ..store.annotations import AnnotationStore, StoredAnnotation
@@ -57,7 +58,7 @@ class TrainDeps:
     """What a training job runs with (all owned by the app or the CLI)."""
 
     settings: Settings
-    engine: object  # the base Sam3ImageEngine, never a fine-tuned variant
+    engine: Callable[[], object]  # the base Sam3ImageEngine (never a fine-tuned variant), once loaded
     fetcher: object  # ls.media.MediaFetcher
     annotations: AnnotationStore
     versions: object  # engine.versions.VersionStore
@@ -193,9 +194,9 @@ def run_train(ctx: JobContext, trigger: TrainTrigger, deps: TrainDeps) -> dict:
     """The job function (see the module docstring); its dict becomes the job's result."""
     from ..engine.training.run import TrainingDataError, fine_tune
 
-    engine = deps.engine
+    engine = deps.engine()
     if not hasattr(engine, "with_detector"):
-        raise RuntimeError("the SAM 3 model is not loaded (yet); start training again once /health says UP")
+        raise EngineNotReady("the SAM 3 model is not loaded; start training again once /health says UP")
     progress = _Progress(ctx)
     project = trigger.project
     progress("reconciling", 0, None, {})
@@ -205,7 +206,8 @@ def run_train(ctx: JobContext, trigger: TrainTrigger, deps: TrainDeps) -> dict:
     skipped = SkipCounter()
     data, tasks = build_training_data(
         project, deps.annotations.annotations(project), deps.annotations.task_data(project), config,
-        deps.fetcher.fetch_image, max_side=engine.model.image_size, max_images=deps.settings.train_max_images,
+        partial(deps.fetcher.fetch_image, project=deps.fetcher.connections.setup_key(project)),
+        max_side=engine.model.image_size, max_images=deps.settings.train_max_images,
         skipped=skipped, progress=progress,
     )
     counts = {"tasks": tasks, "images": len(data.examples), "skipped": skipped.describe(),

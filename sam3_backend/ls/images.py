@@ -62,9 +62,9 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def _too_many_pixels(width: int, height: int, limit: int) -> str:
-    megapixels = width * height / 1e6
     return (
-        f"the image is {width}x{height} ({megapixels:.0f} megapixels), over the limit of {limit / 1e6:.0f} megapixels"
+        f"the image is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the limit of "
+        f"{limit:,} pixels (MEDIA_MAX_PIXELS; raise it if such images are expected)"
     )
 
 

@@ -3,7 +3,8 @@
 Label Studio accepts two kinds of key. Legacy tokens are sent as ``Authorization: Token <key>``.
 Personal access tokens are JWT *refresh* tokens: they are exchanged at ``/api/token/refresh/`` for
 a short-lived access token sent as ``Bearer``, which is cached until shortly before it expires and
-exchanged again when Label Studio refuses it. The key comes from LABEL_STUDIO_API_KEY, else /setup.
+exchanged again when Label Studio refuses it. Which key goes to which Label Studio is decided in
+``connections``; an auth object only ever talks to its own base URL.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Callable
 
 import requests
 
-from ..config import Settings
 from ..errors import MediaUnavailable
 from .urls import b64url, short_error
 
@@ -27,29 +27,26 @@ _REFRESH_PATH = "/api/token/refresh/"
 
 
 class LabelStudioAuth:
-    """The Authorization header for Label Studio; thread-safe, owned by a ``MediaFetcher``.
+    """The Authorization header for one Label Studio and one key; thread-safe.
 
-    ``post`` sends a request the way the fetcher does (its session, proxies, CA bundle);
-    ``base_url`` returns the Label Studio URL or raises MediaUnavailable naming what needed it.
+    ``key`` is sent only to ``base_url`` (the caller checks the origin of every request);
+    ``source`` names where the key came from, for error messages. ``post`` sends a request the
+    way the fetcher does (its session, proxies, CA bundle).
     """
 
-    def __init__(self, settings: Settings, post: Callable[..., requests.Response], base_url: Callable[[str], str]):
-        self._settings = settings
+    def __init__(self, base_url: str, key: str | None, source: str, post: Callable[..., requests.Response],
+                 timeout: float):
+        self.base_url = base_url.rstrip("/")
+        self._key = (key or "").strip() or None
+        self._source = source
         self._post = post
-        self._base_url = base_url
-        self._setup_token: str | None = None
-        self._access: tuple[str, str, float] | None = None  # (refresh key, access token, expiry)
+        self._timeout = timeout
+        self._access: tuple[str, float] | None = None  # (access token, expiry)
         self._lock = threading.Lock()
 
-    def configure(self, access_token: str | None) -> None:
-        """Keep the token /setup sent (an empty one leaves the previous in place)."""
-        self._setup_token = (access_token or "").strip() or self._setup_token
-
     def api_key(self) -> tuple[str | None, str]:
-        """(key, where it came from) for error messages; LABEL_STUDIO_API_KEY wins over /setup."""
-        if self._settings.label_studio_api_key:
-            return self._settings.label_studio_api_key.strip(), "LABEL_STUDIO_API_KEY"
-        return self._setup_token, "the access token sent by /setup"
+        """(key, where it came from) for error messages."""
+        return self._key, self._source
 
     @property
     def exchanges(self) -> bool:
@@ -74,15 +71,12 @@ class LabelStudioAuth:
         key, source = self.api_key()
         with self._lock:
             cached = self._access
-            fresh = cached and cached[0] == key and cached[2] - _TOKEN_MARGIN_SECONDS > time.time()
-            if fresh and cached[1] != stale:
-                return cached[1]
-            base = self._base_url(_REFRESH_PATH)
-            url = f"{base}{_REFRESH_PATH}"
+            fresh = cached and cached[1] - _TOKEN_MARGIN_SECONDS > time.time()
+            if fresh and cached[0] != stale:
+                return cached[0]
+            url = f"{self.base_url}{_REFRESH_PATH}"
             try:
-                response = self._post(
-                    url, json={"refresh": key}, timeout=self._settings.media_timeout, allow_redirects=False
-                )
+                response = self._post(url, json={"refresh": key}, timeout=self._timeout, allow_redirects=False)
             except requests.RequestException as exc:
                 raise MediaUnavailable(
                     f"could not reach {url} to exchange the personal access token: {short_error(exc)}"
@@ -96,16 +90,21 @@ class LabelStudioAuth:
             try:
                 access = response.json()["access"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise MediaUnavailable(f"{url} did not return an access token; is {base} really Label Studio?") from exc
+                raise MediaUnavailable(
+                    f"{url} did not return an access token; is {self.base_url} really Label Studio?"
+                ) from exc
             expiry = _jwt_claims(access).get("exp")
-            self._access = (key, access, float(expiry) if isinstance(expiry, (int, float)) else time.time() + 240)
+            self._access = (access, float(expiry) if isinstance(expiry, (int, float)) else time.time() + 240)
             return access
 
     def denied_hint(self) -> str:
         """What to check when Label Studio answers 401/403, depending on the kind of key in use."""
         key, source = self.api_key()
         if not key:
-            return "set LABEL_STUDIO_API_KEY or connect the backend from Label Studio so /setup supplies a token"
+            return (
+                "no token for it: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the backend from "
+                "Label Studio so /setup supplies a token"
+            )
         if _looks_like_jwt(key):
             return f"check {source} (the personal access token may be revoked or lack access to this project)"
         return (

@@ -10,8 +10,9 @@ Two pure steps, each testable alone:
 What Label Studio 1.23.2 sends (see tests/fixtures/payloads-1.23.2.json): ``{"result": [...]}``
 with the smart regions. Keypoints carry a top-level ``is_positive`` (Alt-click => false, missing
 => positive) and accumulate across clicks. Rectangles carry no ``is_positive``; there can be
-several, including earlier predicted ones (``origin: "prediction"``). A ``textarea`` result (or a
-``text`` key of the context) is a typed concept.
+several. Regions that came from predictions (``origin: "prediction"``, e.g. an accepted
+suggestion or a prelabel) ride along in the context but are not prompts: only the user's own
+regions are. A ``textarea`` result (or a ``text`` key of the context) is a typed concept.
 """
 
 from __future__ import annotations
@@ -162,8 +163,8 @@ def parse_context(context: dict | None, config: ImageProjectConfig) -> Interacti
             raise BadRequest(f"params.context.result[{index}] must be an object, got {type(item).__name__}")
         what = _region_name(item, index)
         result_type = item.get("type")
-        if result_type == "relation":
-            continue
+        if result_type == "relation" or item.get("origin") == "prediction":
+            continue  # relations and earlier predictions are not prompts
         if not isinstance(result_type, str):
             raise BadRequest(f"{what} has no 'type'")
         from_name = item.get("from_name")

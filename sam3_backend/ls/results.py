@@ -19,7 +19,8 @@ coordinates are of the original image.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -38,15 +39,6 @@ def _new_id(taken: set[str]) -> str:
         if region_id not in taken:
             taken.add(region_id)
             return region_id
-
-
-def mask_box(mask: np.ndarray) -> Box | None:
-    """Tight XYXY pixel box of a (H, W) bool mask (pixel edges, so x1 = last column + 1)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return Box(float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
 
 
 def mask_polygons(mask: np.ndarray, tolerance: float = 1.0, min_area: int = MIN_POLYGON_AREA) -> list[np.ndarray]:
@@ -139,6 +131,7 @@ def encode_regions(
     height: int,
     *,
     polygon_tolerance: float = 1.0,
+    observe: Callable[[str, float], None] | None = None,
 ) -> list[dict]:
     """Label Studio result regions for ``instances`` of a ``width`` x ``height`` image.
 
@@ -147,6 +140,7 @@ def encode_regions(
     region per connected component if ``config.polygon`` (Douglas-Peucker at
     ``polygon_tolerance`` pixels), a rectangle from the mask's tight box if ``config.rectangle``.
     A label that a labelled output control does not list is not written to that control.
+    ``observe(stage, seconds)`` hears the time spent in RLE encoding ("rle") and polygons.
     """
     if len(labels) != len(instances):
         raise ValueError(f"got {len(instances)} instances but {len(labels)} labels; pass one label per instance")
@@ -161,11 +155,17 @@ def encode_regions(
         box = Box(*instance.box)  # the engine's tight mask box: no second scan of the mask
         geometries: list[tuple[ControlTag, dict]] = []
         if config.brush is not None:
+            started = time.perf_counter()
             geometries.append((config.brush, {"format": "rle", "rle": encode_rle(mask)}))
+            if observe is not None:
+                observe("rle", time.perf_counter() - started)
         if config.polygon is not None:
+            started = time.perf_counter()
             for polygon in mask_polygons(mask, polygon_tolerance):
                 points = [list(pixels_to_percent(px, py, width, height)) for px, py in polygon]
                 geometries.append((config.polygon, {"points": points, "closed": True}))
+            if observe is not None:
+                observe("polygon", time.perf_counter() - started)
         if config.rectangle is not None:
             x, y, w, h = box_to_ls_rect(box, width, height)
             geometries.append((config.rectangle, {"x": x, "y": y, "width": w, "height": h, "rotation": 0}))
@@ -180,4 +180,4 @@ def prediction(regions: list[dict], scores: Sequence[float], model_version: str)
     return {"result": regions, "score": score, "model_version": model_version}
 
 
-__all__ = ["MIN_POLYGON_AREA", "encode_regions", "mask_box", "mask_polygons", "prediction"]
+__all__ = ["MIN_POLYGON_AREA", "encode_regions", "mask_polygons", "prediction"]

@@ -13,6 +13,8 @@ import os
 import re
 from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
 
+from urllib3.util import parse_url
+
 from ..errors import BadRequest, MediaUnavailable
 
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
@@ -30,6 +32,44 @@ def origin(url: str) -> tuple[str, str, int]:
     except ValueError:
         port = None
     return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+# Characters that URL parsers disagree about: Python's urlsplit keeps a backslash in the authority,
+# while urllib3 (which requests connects with) ends the authority there, as browsers do.
+_AMBIGUOUS = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+def client_origin(url: str) -> tuple[str, str, int]:
+    """``origin(url)`` after checking that the HTTP client connects exactly there.
+
+    Every host check reads the URL with ``urlsplit``; requests connects with urllib3's own parser.
+    A URL the two read differently (``http://127.0.0.1:EVIL\\@ls:8080/...`` is Label Studio to one
+    and EVIL to the other) would let a check pass for one host while the token goes to another,
+    so such URLs are refused: backslashes, whitespace or control characters anywhere, userinfo,
+    percent-escapes or non-ASCII in the authority, or any disagreement on scheme, host or port.
+    """
+    where = repr(url.split("?", 1)[0][:200])  # as it is: redact() would show one parser's reading
+    if _AMBIGUOUS.search(url):
+        raise MediaUnavailable(
+            f"refusing to fetch {where}: it contains a backslash, whitespace or a control character, "
+            "which HTTP clients read differently"
+        )
+    parts = urlsplit(url)
+    if "@" in parts.netloc or "%" in parts.netloc or not parts.netloc.isascii():
+        raise MediaUnavailable(
+            f"refusing to fetch {redact(url)}: user names, percent-escapes and non-ASCII characters are not allowed "
+            "in the host part of media URLs"
+        )
+    mine = origin(url)
+    try:
+        theirs = parse_url(url)
+        their_port = theirs.port or (443 if (theirs.scheme or "").lower() == "https" else 80)
+        same = ((theirs.scheme or "").lower(), (theirs.host or "").strip("[]").lower(), their_port) == mine
+    except ValueError:
+        same = False
+    if not same or not mine[1]:
+        raise MediaUnavailable(f"refusing to fetch {where}: its host or port cannot be read unambiguously")
+    return mine
 
 
 def host_matches(entry: str, host: str, port: int) -> bool:

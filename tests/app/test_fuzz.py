@@ -43,16 +43,37 @@ def _replace(doc, path, new):
     return doc
 
 
+def _mutated(data, body):
+    paths = sorted(set(_paths(body)), key=str)
+    path = data.draw(st.sampled_from(paths))
+    return path, _replace(body, path, data.draw(json_values))
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_value_anywhere_in_a_real_payload_never_gives_a_500(client, payloads, data):
     which = data.draw(st.sampled_from([KEYPOINTS, RECTS]))
     body = recorded(payloads, which, FULL_CONFIG)
     body["tasks"][0].pop("predictions", None)  # big and ignored: keep the search on what we read
-    paths = sorted(set(_paths(body)), key=str)
-    path = data.draw(st.sampled_from(paths))
-    mutated = _replace(body, path, data.draw(json_values))
+    path, mutated = _mutated(data, body)
     r = client.post("/predict", json=mutated)
     assert r.status_code < 500, (path, r.get_json())
+    if r.status_code >= 400:
+        assert r.get_json()["error"]
+
+
+SETUP = "POST /setup  [step connect_backend_image]"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_value_anywhere_in_setup_and_webhooks_never_gives_a_500(client, payloads, data):
+    setup = dict(payloads[SETUP]["json"], schema=FULL_CONFIG)
+    hooks = sorted(k for k in payloads if k.startswith("webhook:"))
+    which = data.draw(st.sampled_from([SETUP, *hooks]))
+    body = setup if which == SETUP else copy.deepcopy(payloads[which]["json"])
+    path, mutated = _mutated(data, body)
+    r = client.post("/setup" if which == SETUP else "/webhook", json=mutated)
+    assert r.status_code < 500, (which, path, r.get_json())
     if r.status_code >= 400:
         assert r.get_json()["error"]

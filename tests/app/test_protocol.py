@@ -50,7 +50,8 @@ def test_batch_prelabel_answers_every_task_in_order(client, payloads, fake_ls):
     results = r.json["results"]
     assert len(results) == len(body["tasks"]) == 5
     # tasks 0-2 are uploads the fake Label Studio serves; 3 is a host that is not allowed,
-    # 4 a local file it does not have: those get empty results, the others still succeed.
+    # 4 a local file it does not have: those get [] (Label Studio stores nothing and asks again
+    # next time), the others still succeed.
     for i in range(3):
         regions = results[i]["result"]
         assert regions, f"task {i} got nothing at threshold 0"
@@ -63,19 +64,37 @@ def test_batch_prelabel_answers_every_task_in_order(client, payloads, fake_ls):
         assert all(brush_mask(reg).any() for reg in brush)
         assert 0.0 <= results[i]["score"] <= 1.0
         assert results[i]["model_version"] == r.json["model_version"]
-    assert results[3]["result"] == [] and results[4]["result"] == []
+    assert results[3] == [] and results[4] == []
 
 
 def test_prelabel_respects_the_score_threshold(make_app, payloads):
-    client = make_app(score_threshold=1.0).test_client()
-    r = client.post("/predict", json=recorded(payloads, BATCH5, FULL_CONFIG))
+    body = recorded(payloads, BATCH5, FULL_CONFIG)
+    every = make_app(score_threshold=0.0).test_client().post("/predict", json=body).json["results"][0]["result"]
+    scores = sorted({reg["score"] for reg in every})
+    assert len(scores) >= 4
+    cut = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    r = make_app(score_threshold=cut).test_client().post("/predict", json=body)
     assert r.status_code == 200
-    assert all(res["result"] == [] for res in r.json["results"])
+    kept = r.json["results"][0]["result"]
+    assert kept and all(reg["score"] > cut for reg in kept)
+    assert len(kept) == sum(reg["score"] > cut for reg in every) < len(every)
 
 
-def test_interactive_keypoints_positive_and_negative(client, payloads):
+def test_interactive_keypoints_positive_and_negative(client, payloads, engine, loaded_model):
+    """The recorded positive click + Alt-click give the mask of (positive, negative) points at
+    their pixel positions, and the tracker receives labels 1 then 0."""
+    from sam3_backend.types import GeometryPrompt, Point
+
     body = recorded(payloads, KEYPOINTS, FULL_CONFIG)
-    r = client.post("/predict", json=body)
+    seen = []
+    hook = loaded_model.tracker.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_labels"]), with_kwargs=True
+    )
+    try:
+        r = client.post("/predict", json=body)
+    finally:
+        hook.remove()
+    assert seen[0][0, 0].tolist() == [1, 0]
     assert r.status_code == 200
     [result] = r.json["results"]
     brush = [reg for reg in result["result"] if reg["type"] == "brushlabels"]
@@ -83,14 +102,47 @@ def test_interactive_keypoints_positive_and_negative(client, payloads):
     assert brush[0]["value"]["brushlabels"] == ["cat"]
     mask = brush_mask(brush[0])
     assert mask.shape == (48, 64)
+    clicks = body["params"]["context"]["result"]
+    assert [c["is_positive"] for c in clicks] == [True, False]
+    image = client.application.extensions["sam3"]["service"].fetcher.fetch_image(body["tasks"][0]["data"]["image"])
+
+    def mask_for(signs):
+        points = tuple(Point(c["value"]["x"] * 64 / 100, c["value"]["y"] * 48 / 100, s) for c, s in zip(clicks, signs))
+        return engine.segment_objects(image, [GeometryPrompt(points=points)])[0].mask
+
+    assert np.array_equal(mask, mask_for([True, False]))
+
+
+def _all_manual(body):
+    for region in body["params"]["context"]["result"]:
+        region["origin"] = "manual"
+    return body
 
 
 def test_interactive_rectangles_give_one_mask_each(client, payloads):
-    r = client.post("/predict", json=recorded(payloads, RECTS, FULL_CONFIG))
+    r = client.post("/predict", json=_all_manual(recorded(payloads, RECTS, FULL_CONFIG)))
     assert r.status_code == 200
     brush = [reg for reg in r.json["results"][0]["result"] if reg["type"] == "brushlabels"]
     assert len(brush) == 2
     assert all(reg["value"]["brushlabels"] == ["cat"] for reg in brush)
+
+
+def test_regions_from_predictions_are_not_prompts(client, payloads, engine):
+    """Recorded in the real UI: the second smart rectangle's context also holds the accepted
+    suggestion of the first (origin "prediction"). Only the user's own rectangle is segmented."""
+    body = recorded(payloads, RECTS, FULL_CONFIG)
+    origins = [region["origin"] for region in body["params"]["context"]["result"]]
+    assert origins == ["prediction", "manual"]
+    r = client.post("/predict", json=body)
+    [region] = r.json["results"][0]["result"]
+    manual = body["params"]["context"]["result"][1]["value"]
+    from sam3_backend.ls.geometry import ls_rect_to_box
+    from sam3_backend.types import GeometryPrompt
+
+    image = client.application.extensions["sam3"]["service"].fetcher.fetch_image(body["tasks"][0]["data"]["image"])
+    box = ls_rect_to_box(manual["x"], manual["y"], manual["width"], manual["height"], 0, image.width, image.height)
+    [expected] = engine.segment_objects(image, [GeometryPrompt(box=box)])
+    assert np.array_equal(brush_mask(region), expected.mask)
 
 
 def test_second_click_reuses_cached_features(make_app, payloads):
@@ -142,7 +194,7 @@ def test_prelabels_fill_every_output_the_config_has(client, payloads):
 def test_interactive_suggestions_are_one_region_per_object(client, payloads):
     """A click answers with the richest output only: brush if configured, else polygon."""
     config = FULL_CONFIG.replace("</View>", POLY + "</View>")
-    r = client.post("/predict", json=recorded(payloads, RECTS, config))
+    r = client.post("/predict", json=_all_manual(recorded(payloads, RECTS, config)))
     assert [reg["type"] for reg in r.json["results"][0]["result"]] == ["brushlabels", "brushlabels"]
     no_brush = config.replace('<BrushLabels name="tag" toName="image"><Label value="cat"/><Label value="dog"/></BrushLabels>', "")
     r = client.post("/predict", json=recorded(payloads, KEYPOINT1, no_brush))
@@ -151,7 +203,7 @@ def test_interactive_suggestions_are_one_region_per_object(client, payloads):
 
 
 def test_several_rectangles_keep_their_own_labels(client, payloads):
-    body = recorded(payloads, RECTS, FULL_CONFIG)
+    body = _all_manual(recorded(payloads, RECTS, FULL_CONFIG))
     body["params"]["context"]["result"][1]["value"]["rectanglelabels"] = ["dog"]
     r = client.post("/predict", json=body)
     labels = sorted(reg["value"]["brushlabels"][0] for reg in r.json["results"][0]["result"])
@@ -207,14 +259,14 @@ def test_every_recorded_webhook_is_acknowledged(client, payloads):
         r = client.post("/webhook", json=hook)
         assert r.status_code == 201 and r.json["action"] == hook["action"]
     assert client.post("/webhook", json={"no": "action"}).status_code == 400
-    metrics = client.get("/metrics").json
+    metrics = client.get("/metrics?format=json").json
     assert metrics["service"]["webhooks"]["START_TRAINING"] == 1
 
 
 def test_versions_and_metrics(client, payloads):
     client.post("/predict", json=recorded(payloads, KEYPOINT1, FULL_CONFIG))
     assert client.get("/versions").json["versions"][0].startswith("sam3-test-")
-    m = client.get("/metrics").json
+    m = client.get("/metrics?format=json").json
     assert m["engine"]["vision_encoder_calls"] == 1
     assert m["feature_cache"]["entries"] >= 1
     assert m["decoded_image_cache"]["entries"] == 1 and m["media"]["misses"] == 1
@@ -295,8 +347,8 @@ def test_large_batches_stream_in_chunks_and_keep_task_order(make_app):
             region = result["result"][0]
             assert (region["original_width"], region["original_height"]) == SIZES[url]
         else:
-            assert result["result"] == []
-    assert client.get("/metrics").json["service"]["task_errors"] == 2
+            assert result == []
+    assert client.get("/metrics?format=json").json["service"]["task_errors"] == 2
 
 
 def test_a_model_failure_on_one_image_costs_only_that_task(make_app):
@@ -314,6 +366,6 @@ def test_a_model_failure_on_one_image_costs_only_that_task(make_app):
     urls = ["/data/upload/1/8db9e49a-img0.png", "/data/upload/1/b04a6451-img2.png", "/data/upload/1/8db9e49a-img0.png"]
     r = client.post("/predict", json={"tasks": _tasks(urls), "label_config": FULL_CONFIG})
     assert r.status_code == 200
-    got = [bool(res["result"]) for res in r.json["results"]]
-    assert got == [True, False, True]
-    assert client.get("/metrics").json["service"]["task_errors"] == 1
+    got = [bool(res) and bool(res["result"]) for res in r.json["results"]]
+    assert got == [True, False, True] and r.json["results"][1] == []
+    assert client.get("/metrics?format=json").json["service"]["task_errors"] == 1

@@ -7,20 +7,29 @@ recording proxy in front of the backend -> create a project, connect the backend
 The e2e tests only run when selected: ``pytest tests/e2e -m e2e`` (or ``SAM3_E2E=1``); a plain
 ``pytest`` skips them instead of spending minutes installing Label Studio.
 
-Environment knobs: ``SAM3_E2E_DEVICE`` (backend device, default ``cpu``) and
+The browser tests (``test_browser_labeling.py``) add, on first use: Debian's Chromium
+(``scripts/install-chromium.sh``, idempotent, like the Label Studio install) -> one headless
+browser logged in to Label Studio -> a fresh browser context and ``LabelingPage`` per test.
+
+Environment knobs: ``SAM3_E2E_DEVICE`` (backend device, default ``cpu``),
 ``SAM3_E2E_BACKEND_CLI`` (another ``sam3-backend`` executable, e.g. a stub while developing the
-harness; default ``<repo>/.venv/bin/sam3-backend``).
+harness; default ``<repo>/.venv/bin/sam3-backend``), ``SAM3_E2E_CHROMIUM`` (another
+Chromium/Chrome executable; nothing is installed then) and ``SAM3_E2E_ARTIFACTS`` (where failed
+browser tests leave screenshots and logs; default ``<repo>/.e2e/browser-artifacts/<run>/``).
 
 On any failure the report gets the tails of the Label Studio and backend logs and the last
-requests Label Studio sent to the backend with the backend's answers. Phase timings are printed
-at the end of the session.
+requests Label Studio sent to the backend with the backend's answers; a failed browser test also
+gets the paths of its screenshot, page HTML and browser log, and that log's tail. Phase timings
+are printed at the end of the session.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +37,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import browser_harness as bh  # noqa: E402
 import ls_harness as h  # noqa: E402
 from ls_harness import LABEL_CONFIG, phase  # noqa: E402
 
 # What the failure report reads; filled in by the fixtures below.
 _ACTIVE: dict[str, object] = {}
+# Failed browser tests: node id -> the artifacts saved for it.
+_BROWSER_ARTIFACTS: dict[str, list[Path]] = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,9 +77,30 @@ def pytest_runtest_makereport(item, call):
     proxy = _ACTIVE.get("proxy")
     if proxy is not None:
         rep.sections.append(("what Label Studio sent to the backend, and its answers (last 20)", proxy.report(20)))
+    _save_browser_artifacts(item, rep)
+
+
+def _save_browser_artifacts(item, rep) -> None:
+    """A failed browser test: screenshot, HTML and browser log, saved while its page is still open."""
+    page = item.funcargs.get("labeling") if hasattr(item, "funcargs") else None
+    root = _ACTIVE.get("browser_artifacts")
+    if page is None or root is None or item.nodeid in _BROWSER_ARTIFACTS:
+        return
+    directory = Path(root) / re.sub(r"[^\w.-]+", "_", item.nodeid.split("::", 1)[-1])
+    paths = page.save_artifacts(directory)
+    _BROWSER_ARTIFACTS[item.nodeid] = paths
+    listing = "\n".join(str(p) for p in paths)
+    rep.sections.append(("browser artifacts (screenshot, page HTML, browser log)", listing))
+    rep.sections.append(("browser log (tail): console, page errors, ML requests", "\n".join(page.log[-60:])))
 
 
 def pytest_terminal_summary(terminalreporter):
+    if _BROWSER_ARTIFACTS:
+        terminalreporter.section("browser artifacts of failed tests")
+        for nodeid, paths in _BROWSER_ARTIFACTS.items():
+            terminalreporter.write_line(nodeid)
+            for p in paths:
+                terminalreporter.write_line(f"    {p}")
     if not h.TIMINGS:
         return
     terminalreporter.section("e2e phase timings")
@@ -233,3 +266,46 @@ def project(label_studio, backend, proxy, tmp_path_factory) -> E2EProject:
             proj.good_tasks[task["id"]] = matches[0]
     assert len(proj.good_tasks) == len(sizes_by_name) and len(proj.broken_tasks) == len(broken_urls), proj
     return proj
+
+
+# --------------------------------------------------------------------------------------------
+# The real labeling UI in headless Chromium
+
+
+@pytest.fixture(scope="session")
+def chromium_exe() -> Path:
+    """Debian's chromium, installed on first use (root + apt) like Label Studio is."""
+    with phase("install chromium (idempotent)"):
+        return bh.ensure_chromium()
+
+
+@pytest.fixture(scope="session")
+def browser_artifacts() -> Path:
+    """Where failed browser tests leave their files: not pytest's temporary directory, which
+    keeps only the last three runs of anyone's pytest on the machine."""
+    configured = os.environ.get("SAM3_E2E_ARTIFACTS")
+    run = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    directory = Path(configured) if configured else h.REPO_ROOT / ".e2e" / "browser-artifacts" / run
+    _ACTIVE["browser_artifacts"] = directory
+    return directory
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_exe, label_studio, browser_artifacts):
+    b = bh.Browser(chromium_exe, label_studio.url, label_studio.username, label_studio.password)
+    try:
+        with phase("browser: launch chromium, log in"):
+            b.start()
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def labeling(browser):
+    """A fresh browser context (logged in) with one labeling page; closed after the test."""
+    page = browser.new_page()
+    try:
+        yield page
+    finally:
+        page.close()

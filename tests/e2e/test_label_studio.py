@@ -84,8 +84,10 @@ def test_backend_is_connected(label_studio, backend, proxy, project):
     assert health and all(e.status == 200 for e in health), proxy.report()
     setups = proxy.find("POST", "/setup")
     assert setups and all(e.status == 200 for e in setups), proxy.report()
-    sent = setups[0].request_json
-    assert sent["project"].startswith(f"{project.id}."), sent["project"]
+    # Other e2e modules (the browser tests) connect projects of their own to the same backend.
+    ours = [e for e in setups if str(e.request_json.get("project", "")).startswith(f"{project.id}.")]
+    assert ours, f"no /setup for project {project.id}: {[e.request_json.get('project') for e in setups]}"
+    sent = ours[0].request_json
     assert "<BrushLabels" in sent["schema"] and sent["hostname"] == label_studio.url
     assert sent["access_token"] == label_studio.token
     last_model_version(proxy)
@@ -115,8 +117,8 @@ def test_retrieve_predictions(label_studio, proxy, project):
     results = batch.response_json["results"]
     assert len(results) == len(sent_ids), f"{len(results)} results for {len(sent_ids)} tasks"
     by_task = dict(zip(sent_ids, results))
-    for task_id in project.broken_tasks:
-        assert not by_task[task_id].get("result"), f"broken task {task_id} got regions: {str(by_task[task_id])[:500]}"
+    for task_id in project.broken_tasks:  # [] : Label Studio stores nothing and asks again next time
+        assert by_task[task_id] == [], f"broken task {task_id} got: {str(by_task[task_id])[:500]}"
 
     model_version = last_model_version(proxy)
     for task_id, size in project.good_tasks.items():
@@ -136,7 +138,7 @@ def test_retrieve_predictions(label_studio, proxy, project):
 
     for task_id in project.broken_tasks:
         broken = label_studio.predictions(task_id)
-        assert all(not p["result"] for p in broken), f"broken task {task_id} has predictions: {str(broken)[:500]}"
+        assert broken == [], f"broken task {task_id} has predictions: {str(broken)[:500]}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -31,25 +33,54 @@ def test_tracker_embeddings_equal_the_video_trackers(engine, tiny_checkpoint):
         torch.testing.assert_close(a, b)
 
 
-def test_click_masks_equal_transformers_pipeline(engine, loaded_model, tiny_checkpoint):
-    """segment_objects == Sam3TrackerProcessor + Sam3TrackerModel + post_process_masks on the
-    reference embeddings: same point transform, candidate choice, upsampling and score."""
+def _reference_click(loaded_model, tiny_checkpoint, image, points, labels):
+    """Sam3TrackerProcessor + Sam3TrackerModel + post_process_masks on the reference embeddings:
+    the mask and score transformers' own pipeline gives for these clicks (labels 1/0)."""
     from transformers import Sam3TrackerProcessor
 
-    image = make_image(60, 80, seed=3)
     processor = Sam3TrackerProcessor.from_pretrained("facebook/sam3")
-    inputs = processor(images=image.pixels, input_points=[[[[30.0, 20.0]]]], input_labels=[[[1]]], return_tensors="pt")
+    inputs = processor(images=image.pixels, input_points=[[points]], input_labels=[[labels]], return_tensors="pt")
     embeddings = _reference_embeddings(tiny_checkpoint, inputs["pixel_values"])
+    multimask = len(points) == 1
     with torch.inference_mode():
         out = loaded_model.tracker(image_embeddings=embeddings, input_points=inputs["input_points"],
-                                   input_labels=inputs["input_labels"], multimask_output=True)
+                                   input_labels=inputs["input_labels"], multimask_output=multimask)
     masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], binarize=False)[0][0]
     best = int(out.iou_scores[0, 0].argmax())
-    expected = (masks[best] > 0).numpy()
-    [inst] = engine.segment_objects(image, [GeometryPrompt(points=(Point(30, 20),))])
+    return (masks[best] > 0).numpy(), float(out.iou_scores[0, 0, best].clamp(0, 1))
+
+
+@contextlib.contextmanager
+def _tracker_inputs(loaded_model):
+    """Record the keyword inputs of every call of the real tracker (a forward pre-hook)."""
+    seen = []
+    handle = loaded_model.tracker.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append({k: v for k, v in kwargs.items() if v is not None}), with_kwargs=True
+    )
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize(
+    "points, labels",
+    [([[30.0, 20.0]], [1]), ([[30.0, 20.0], [70.0, 50.0]], [1, 0]), ([[10.0, 50.0], [30.0, 20.0], [60.0, 10.0]], [0, 1, 0])],
+)
+def test_click_masks_equal_transformers_pipeline(engine, loaded_model, tiny_checkpoint, points, labels):
+    """segment_objects == transformers' processor + tracker pipeline: same point transform, point
+    labels (a negative click is label 0), candidate choice, upsampling and score."""
+    image = make_image(60, 80, seed=3)
+    expected, score = _reference_click(loaded_model, tiny_checkpoint, image, points, labels)
+    prompt = GeometryPrompt(points=tuple(Point(x, y, positive=bool(lab)) for (x, y), lab in zip(points, labels)))
+    with _tracker_inputs(loaded_model) as seen:
+        [inst] = engine.segment_objects(image, [prompt])
     agreement = (inst.mask == expected).mean()
     assert agreement > 0.99, agreement
-    assert inst.score == pytest.approx(float(out.iou_scores[0, 0, best].clamp(0, 1)), abs=1e-4)
+    assert inst.score == pytest.approx(score, abs=1e-4)
+    # The random tiny model barely reacts to a click's sign, so the mask alone cannot show an
+    # inverted sign: check the labels that reach the real tracker.
+    assert seen[0]["input_labels"][0, 0].tolist() == labels
 
 
 def test_second_click_skips_the_vision_encoder(engine):
@@ -131,11 +162,16 @@ def test_concept_scores_match_transformers_postprocessing(engine, loaded_model):
 
 def test_threshold_and_max_instances(engine):
     image = make_image()
-    none = engine.segment_concepts([image], [ConceptPrompt("cat")], threshold=1.0)[0]
-    assert none == []
+    every = engine.segment_concepts([image], [ConceptPrompt("cat")], threshold=0.0, max_instances=1000)[0]
+    scores = sorted({round(i.score, 6) for i in every})
+    assert len(scores) >= 4, "the tiny model should give several distinct scores"
+    cut = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # between two real scores
+    above = engine.segment_concepts([image], [ConceptPrompt("cat")], threshold=cut, max_instances=1000)[0]
+    assert above and len(above) == sum(i.score > cut for i in every) < len(every)
+    assert all(i.score > cut for i in above)
     few = engine.segment_concepts([image], [ConceptPrompt("cat")], threshold=0.0, max_instances=2)[0]
-    assert len(few) <= 2
-    assert [i.score for i in few] == sorted([i.score for i in few], reverse=True)
+    assert len(few) == 2
+    assert [i.score for i in few] == sorted([i.score for i in every], reverse=True)[:2]
 
 
 def test_empty_inputs(engine):

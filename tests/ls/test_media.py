@@ -184,6 +184,7 @@ def servers():
 
 
 def make_fetcher(tmp_path: Path, ls_url: str | None, key: str | None = LEGACY_TOKEN, **overrides) -> MediaFetcher:
+    key = key if ls_url else None  # the environment's key always comes with its URL (Settings enforces it)
     settings = Settings(model_dir=tmp_path / "model", label_studio_url=ls_url, label_studio_api_key=key, **overrides)
     return MediaFetcher(settings)
 
@@ -248,7 +249,8 @@ def test_revoked_personal_access_token_says_what_to_check(servers, tmp_path):
 def test_cloud_uri_is_presigned_and_token_never_leaves_label_studio(servers, tmp_path):
     ls_url, cloud_url, _, ls, cloud = servers
     cloud.files["/bucket/videos/clip.mp4"] = b"video-bytes"
-    fetcher = make_fetcher(tmp_path, ls_url)
+    # The fake bucket is on loopback: storage on a private address must be listed explicitly.
+    fetcher = make_fetcher(tmp_path, ls_url, media_allowed_hosts=(urlsplit(cloud_url).netloc,))
 
     path = fetcher.fetch_path("s3://bucket/videos/clip.mp4", task_id=7)
     assert path.read_bytes() == b"video-bytes" and path.suffix == ".mp4"
@@ -281,10 +283,13 @@ def test_absolute_url_on_other_host_is_refused(servers, tmp_path):
     fetcher = make_fetcher(tmp_path, ls_url)
     with pytest.raises(MediaUnavailable, match="is not allowed.*MEDIA_ALLOWED_HOSTS"):
         fetcher.fetch_bytes(cloud_url + "/public/x.png")
+    # MEDIA_ALLOW_ANY_HOST opens public addresses only: the loopback "bucket" stays closed ...
+    with pytest.raises(MediaUnavailable, match="127.0.0.1, which is not a public address.*MEDIA_ALLOWED_HOSTS"):
+        make_fetcher(tmp_path, ls_url, media_allow_any_host=True).fetch_bytes(cloud_url + "/public/x.png")
     assert cloud.requests == []
-    assert (
-        make_fetcher(tmp_path, ls_url, media_allow_any_host=True).fetch_bytes(cloud_url + "/public/x.png") == b"public"
-    )
+    # ... unless the operator names it.
+    named = make_fetcher(tmp_path, ls_url, media_allowed_hosts=(urlsplit(cloud_url).netloc,))
+    assert named.fetch_bytes(cloud_url + "/public/x.png") == b"public"
 
 
 def test_redirect_to_disallowed_host_is_refused(servers, tmp_path):
@@ -305,7 +310,7 @@ def test_wrong_token_says_check_api_key(servers, tmp_path):
     ls.files["/data/upload/1/a.png"] = b"A"
     with pytest.raises(MediaUnavailable, match="Label Studio answered 401.*LABEL_STUDIO_API_KEY"):
         make_fetcher(tmp_path, ls_url, key="wrong").fetch_bytes("/data/upload/1/a.png")
-    with pytest.raises(MediaUnavailable, match="set LABEL_STUDIO_API_KEY or connect"):
+    with pytest.raises(MediaUnavailable, match="no token for it: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect"):
         make_fetcher(tmp_path, ls_url, key=None).fetch_bytes("/data/upload/1/a.png")
     with pytest.raises(MediaUnavailable, match="404"):
         make_fetcher(tmp_path, ls_url).fetch_bytes("/data/upload/1/missing.png")
@@ -316,26 +321,48 @@ def test_setup_fills_in_what_the_environment_leaves_empty(servers, tmp_path):
     ls.files["/data/upload/1/a.png"] = b"A"
     fetcher = make_fetcher(tmp_path, None, key=None)
     with pytest.raises(MediaUnavailable, match="set LABEL_STUDIO_URL or connect the backend from Label Studio"):
-        fetcher.fetch_bytes("/data/upload/1/a.png")
-    fetcher.configure(hostname=ls_url + "/", access_token=LEGACY_TOKEN)
-    assert fetcher.label_studio_url == ls_url
-    assert fetcher.fetch_bytes("/data/upload/1/a.png") == b"A"
+        fetcher.fetch_bytes("/data/upload/1/a.png", project="1.100")
+    fetcher.setup("1.100", ls_url + "/", LEGACY_TOKEN)
+    assert fetcher.label_studio_url("1.100") == ls_url
+    assert fetcher.fetch_bytes("/data/upload/1/a.png", project="1.100") == b"A"
+    assert ls.requests[-1][2]["Authorization"] == f"Token {LEGACY_TOKEN}"
+    # Another project has its own /setup, or none: it never borrows project 1's.
+    with pytest.raises(MediaUnavailable, match="its URL is unknown"):
+        fetcher.fetch_bytes("/data/upload/1/a.png", project="2.200")
+    fetcher.setup("1.100", "localhost:8080", None)  # not a URL: ignored, not fatal; and no token now
+    assert fetcher.label_studio_url("1.100") is None
 
-    env_wins = make_fetcher(tmp_path / "2", ls_url, key="wrong-env-key")
-    env_wins.configure(hostname="http://localhost:1", access_token=LEGACY_TOKEN)
-    assert env_wins.label_studio_url == ls_url
+
+def test_environment_url_wins_and_its_key_goes_only_there(servers, tmp_path):
+    ls_url, _, _, ls, _ = servers
+    ls.files["/data/upload/1/a.png"] = b"A"
+    env_wins = make_fetcher(tmp_path, ls_url, key="wrong-env-key")
+    env_wins.setup("1.100", "http://localhost:1", LEGACY_TOKEN)
+    assert env_wins.label_studio_url("1.100") == ls_url
+    with pytest.raises(MediaUnavailable, match="401"):  # the env key, not the /setup token from another host
+        env_wins.fetch_bytes("/data/upload/1/a.png", project="1.100")
+    assert ls.requests[-1][2]["Authorization"] == "Token wrong-env-key"
+
+
+def test_setup_token_is_used_for_label_studio_url_only_when_setup_came_from_it(servers, tmp_path):
+    ls_url, _, _, ls, _ = servers
+    ls.files["/data/upload/1/a.png"] = b"A"
+    ls.files["/data/upload/2/b.png"] = b"B"
+    fetcher = make_fetcher(tmp_path, ls_url, key=None)
+    fetcher.setup("1.100", ls_url, LEGACY_TOKEN)  # same origin as LABEL_STUDIO_URL: its token may go there
+    assert fetcher.fetch_bytes("/data/upload/1/a.png", project="1.100") == b"A"
+    fetcher.setup("2.100", "http://other-label-studio:8080", "other-token")  # another instance's token: not here
     with pytest.raises(MediaUnavailable, match="401"):
-        env_wins.fetch_bytes("/data/upload/1/a.png")
-    fetcher.configure(hostname="localhost:8080", access_token=None)  # not a URL: ignored, not fatal
-    assert fetcher.label_studio_url == ls_url
+        fetcher.fetch_bytes("/data/upload/2/b.png", project="2.100")
+    assert "Authorization" not in ls.requests[-1][2]
 
 
 def test_absolute_urls_at_the_setup_hostname_go_to_label_studio_url(servers, tmp_path):
     ls_url, _, _, ls, _ = servers
     ls.files["/data/upload/1/a.png"] = b"A"
     fetcher = make_fetcher(tmp_path, ls_url)
-    fetcher.configure(hostname="http://localhost:8080", access_token=None)  # unreachable from a container
-    assert fetcher.fetch_bytes("http://localhost:8080/data/upload/1/a.png") == b"A"
+    fetcher.setup("1.100", "http://localhost:8080", None)  # unreachable from a container
+    assert fetcher.fetch_bytes("http://localhost:8080/data/upload/1/a.png", project="1.100") == b"A"
     assert ls.requests[-1][2]["Authorization"] == f"Token {LEGACY_TOKEN}"
 
 

@@ -119,18 +119,26 @@ def test_recorded_two_keypoints_positive_and_negative():
     assert prompts.concept is None
 
 
-def test_recorded_prediction_plus_manual_rectangles_give_two_objects():
+def test_recorded_prediction_plus_manual_rectangle_gives_one_object():
+    """The earlier prediction (origin "prediction", 25%,25% 50%x50%) rides along but is no prompt."""
     payloads = dict(predict_payloads())
     key = "predict:interactive:rectanglelabels:n=2  [step real_ui_smart_keypoint_rectangle]"
-    query = parse_context(payloads[key]["params"]["context"], CONFIG)
-    assert len(query.rectangles) == 2
+    context = payloads[key]["params"]["context"]
+    assert [r["origin"] for r in context["result"]] == ["prediction", "manual"]
+    query = parse_context(context, CONFIG)
+    assert len(query.rectangles) == 1
     prompts = to_engine_prompts(query, W, H)
-    first, second = (obj.box for obj in prompts.objects)
-    assert first == Box(16.0, 12.0, 48.0, 36.0)  # the earlier prediction: 25%,25% 50%x50%
+    (only,) = (obj.box for obj in prompts.objects)
     x, y, w, h = 5.0370065789473655, 5.016447368421053, 14.92598684210526, 14.967105263157892
     expected = (x * W / 100, y * H / 100, (x + w) * W / 100, (y + h) * H / 100)
-    assert (second.x0, second.y0, second.x1, second.y1) == pytest.approx(expected)
+    assert (only.x0, only.y0, only.x1, only.y1) == pytest.approx(expected)
     assert all(obj.points == () for obj in prompts.objects)
+    # The same regions, both drawn by the user, are two objects.
+    for region in context["result"]:
+        region["origin"] = "manual"
+    first, second = (obj.box for obj in to_engine_prompts(parse_context(context, CONFIG), W, H).objects)
+    assert first == Box(16.0, 12.0, 48.0, 36.0)
+    assert (second.x0, second.y0, second.x1, second.y1) == pytest.approx(expected)
 
 
 # --- context shapes ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ...errors import BackendError
 from ..versions import VersionInfo, VersionStore, model_version
 from .data import TrainingData, split_examples
 from .evaluate import Metrics, evaluate_engine
@@ -28,8 +29,10 @@ log = logging.getLogger(__name__)
 METRICS = ("AP", "AP50")
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(BackendError, ValueError):
     """Not enough usable data to train and evaluate (the message says what is missing)."""
+
+    status = 422
 
 
 @dataclass(frozen=True)
