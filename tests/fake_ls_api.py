@@ -106,11 +106,14 @@ class FakeLabelStudioAPI:
                                         "evaluate_predictions_automatically": False}
             return pid
 
-    def add_task(self, project: int, data: dict, annotations: int = 0) -> int:
+    def add_task(self, project: int, data: dict, annotations: int | list[dict] = 0) -> int:
+        """``annotations``: how many, or the annotations themselves (Label Studio's JSON)."""
         with self.lock:
             tid = self._next_task
             self._next_task += 1
-            self.state.tasks[tid] = {"project": project, "data": data, "annotations": annotations}
+            listed = [] if isinstance(annotations, int) else [dict(a, task=tid) for a in annotations]
+            count = annotations if isinstance(annotations, int) else len(listed)
+            self.state.tasks[tid] = {"project": project, "data": data, "annotations": count, "annotation_list": listed}
             return tid
 
     def delete_task(self, task_id: int) -> None:
@@ -228,6 +231,8 @@ class FakeLabelStudioAPI:
                 rows = [(tid, t) for tid, t in rows if tid > value]
             elif name == "total_annotations" and op == "equal":
                 rows = [(tid, t) for tid, t in rows if t["annotations"] == value]
+            elif name == "total_annotations" and op == "greater":
+                rows = [(tid, t) for tid, t in rows if t["annotations"] > value]
             elif name == "predictions_model_versions" and op == "contains":
                 rows = [(tid, t) for tid, t in rows if any(v in mv for v in value for mv in versions.get(tid, ()))]
             else:
@@ -239,6 +244,7 @@ class FakeLabelStudioAPI:
         out = []
         for tid, t in rows[start : start + size]:
             full = {"id": tid, "data": t["data"], "total_annotations": t["annotations"],
+                    "annotations": t.get("annotation_list", []),
                     "predictions_model_versions": ",".join(sorted(versions.get(tid, ())))[:500]}
             out.append({k: v for k, v in full.items() if include is None or k in include})
         return 200, {"total_annotations": 0, "total_predictions": 0, "total": total, "tasks": out}, {}

@@ -196,3 +196,37 @@ def test_webhook_limits_and_junk(make_app):
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": "x"}}).status_code == 400
     assert client.get("/train/jobs/nope").status_code == 404
     assert client.post("/job_status", json={"job": "nope"}).status_code == 410
+
+
+def test_annotations_made_before_connecting_count_through_the_api(loaded_model, tmp_path, shapes):
+    """No webhook ever arrived: Start Training reads the project's annotations from Label Studio's
+    API (a loopback fake of it, which also serves the images)."""
+    from fake_ls_api import TOKEN, FakeLabelStudioAPI
+
+    from sam3_backend.app import create_app
+    from sam3_backend.config import Settings
+    from sam3_backend.engine.image import Sam3ImageEngine
+
+    api = FakeLabelStudioAPI()
+    try:
+        project = api.add_project(CONFIG)
+        for i, ex in enumerate(shapes.examples):
+            path = f"/data/upload/{project}/shape{i}.png"
+            api.state.files[path] = _png(ex.image.pixels)
+            result = [{"from_name": "tag", "to_name": "image", "type": "brushlabels", "original_width": 112,
+                       "original_height": 112, "value": {"format": "rle", "rle": encode_rle(m),
+                                                         "brushlabels": [LABELS[int(c)]]}}
+                      for m, c in zip(ex.masks, ex.concepts)]
+            api.add_task(project, {"image": path}, [{"id": 500 + i, "result": result, "was_cancelled": False}])
+        api.add_task(project, {"image": f"/data/upload/{project}/none.png"})  # not annotated: not listed
+        settings = Settings.from_env({}, label_studio_url=api.url, label_studio_api_key=TOKEN,
+                                     model_dir=tmp_path / "model", **FAST | {"train_reconcile": True})
+        client = create_app(settings, engine=Sam3ImageEngine(loaded_model)).test_client()
+        r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project}})
+        job = wait_job(client, r.json["job"])
+        assert job["state"] == "done", job
+        assert job["result"]["reconcile"]["source"] == "Label Studio API"
+        assert job["result"]["reconcile"]["tasks"] == len(shapes.examples)
+        assert job["result"]["data"]["images"] == len(shapes.examples) and job["result"]["data"]["skipped"] == {}
+    finally:
+        api.close()
