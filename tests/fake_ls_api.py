@@ -246,7 +246,10 @@ class FakeLabelStudioAPI:
             full = {"id": tid, "data": t["data"], "total_annotations": t["annotations"],
                     "annotations": t.get("annotation_list", []),
                     "predictions_model_versions": ",".join(sorted(versions.get(tid, ())))[:500]}
-            out.append({k: v for k, v in full.items() if include is None or k in include})
+            row = {k: v for k, v in full.items() if include is None or k in include}
+            if include is not None and "annotations" in row:  # as Label Studio 1.23 does: ids only
+                row["annotations"] = [{"id": a["id"]} for a in row["annotations"]]
+            out.append(row)
         return 200, {"total_annotations": 0, "total_predictions": 0, "total": total, "tasks": out}, {}
 
     def _import(self, project: int, items: list[dict]):

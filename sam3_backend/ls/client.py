@@ -253,7 +253,7 @@ class LabelStudioClient:
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def _task_page(self, project_id: int, items: list[dict], *, after: int, page_size: int, include: str,
+    def _task_page(self, project_id: int, items: list[dict], *, after: int, page_size: int, include: str | None,
                    selected: Sequence[int] | None = None, fields: str = "task_only"):
         filters = [{"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after}, *items]
         query: dict[str, Any] = {"filters": {"conjunction": "and", "items": filters}, "ordering": ["tasks:id"]}
@@ -267,7 +267,7 @@ class LabelStudioClient:
             return [], 0  # past the last page (the SDK's pager says so with a 404)
         return list(pager.items or []), int(getattr(pager.response, "total", 0) or 0)
 
-    def _walk(self, project_id: int, items: list[dict], *, page_size: int, include: str,
+    def _walk(self, project_id: int, items: list[dict], *, page_size: int, include: str | None,
               task_ids: Sequence[int] | None, fields: str = "task_only") -> Iterator[tuple[list, int]]:
         """(page of SDK tasks, total matching) pages, ascending id; explicit ids in slices."""
         slices = [None] if task_ids is None else [
@@ -303,8 +303,8 @@ class LabelStudioClient:
         """Pages of the tasks that have annotations, ascending id, each as Label Studio's JSON
         ``{"id", "data", "annotations": [...]}`` (training reconciles its annotation store with it)."""
         items = [{"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]
-        for page, _ in self._walk(project_id, items, page_size=page_size, include="id,data,annotations",
-                                  task_ids=None, fields="all"):
+        # No ``include``: with it, Label Studio 1.23 cuts every annotation down to its id.
+        for page, _ in self._walk(project_id, items, page_size=page_size, include=None, task_ids=None, fields="all"):
             yield [{"id": int(t.id), "data": dict(t.data or {}), "annotations": list(getattr(t, "annotations", None) or [])}
                    for t in page]
 
