@@ -17,10 +17,12 @@ from collections.abc import Sequence
 
 from .config import Settings
 from .errors import BackendError, BadRequest, EngineNotReady
-from .ls.label_config import ImageProjectConfig, parse_label_config
+from .ls.label_config import ImageProjectConfig
+from .ls.video_config import VideoProjectConfig, parse_project_config
 from .ls.media import MediaFetcher
 from .ls.prompts import parse_context, to_engine_prompts
 from .ls.results import encode_regions, prediction
+from .video_service import VideoService
 from .types import ConceptPrompt, EngineStats, GeometryPrompt, ImageInput, Instance
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class PredictionService:
         self.metrics = ServiceMetrics()
         self._projects: dict[str, str] = {}  # project id → label config from /setup
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="media")
+        self.video = VideoService(settings, lambda: self.engine, fetcher)
 
     # ------------------------------------------------------------------ /setup
     def setup(self, payload: Any) -> dict:
@@ -68,7 +71,7 @@ class PredictionService:
         if schema is not None:
             if not isinstance(schema, str):
                 raise BadRequest("'schema' must be the project's label config XML string")
-            parse_label_config(schema)  # validate now: Label Studio shows this message on Connect
+            parse_project_config(schema)  # validate now: Label Studio shows this message on Connect
             if payload.get("project"):
                 self._projects[str(payload["project"]).split(".")[0]] = schema
         self.fetcher.configure(payload.get("hostname"), payload.get("access_token"))
@@ -81,11 +84,13 @@ class PredictionService:
         tasks = payload.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
-        config = parse_label_config(self._label_config(payload))
+        config = parse_project_config(self._label_config(payload))
         params = payload.get("params") or {}
         if not isinstance(params, dict):
             raise BadRequest("'params' must be an object")
         context = params.get("context")
+        if isinstance(config, VideoProjectConfig):
+            return self.video.predict(tasks, context, config)  # video projects: video_service
         started = time.perf_counter()
         self.metrics.predict_requests += 1
         if context is None:
