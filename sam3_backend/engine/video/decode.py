@@ -40,6 +40,8 @@ def _open(path: Path):
 
     try:
         return av.open(str(path), metadata_errors="ignore")
+    except av.error.EOFError as exc:
+        raise MediaUnavailable("the task's video has no frames (the file ends before the first one)") from exc
     except av.FFmpegError as exc:
         raise MediaUnavailable(f"the task's file is not a video FFmpeg can read ({_short(exc)})") from exc
 

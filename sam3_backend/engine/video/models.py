@@ -67,10 +67,12 @@ def _video_model_class():
     class DedupedSam3VideoModel(Sam3VideoModel):
         """``Sam3VideoModel`` with detection NMS that needs no optional download."""
 
-        nms_iou: float = 0.1
+        nms_iou: float | None = 0.1  # None: no NMS (comparisons with transformers' own pipeline)
 
         def run_detection(self, inference_session, vision_embeds):
             detections = super().run_detection(inference_session=inference_session, vision_embeds=vision_embeds)
+            if self.nms_iou is None:
+                return detections
             for prompt_id, det in detections.items():
                 if det["scores"].numel() > 1:
                     keep = mask_nms(det["mask"], det["scores"], self.nms_iou)
