@@ -66,6 +66,7 @@ class Settings:
     video_max_objects: int = 64  # tracks per text-prompted video
     video_score_threshold: float = 0.7  # detection score a text-prompted object needs to start a track
     video_cache_entries: int = 512  # interactive regions remembered (answers returned without re-tracking)
+    video_hotstart_frames: int | None = None  # SAM 3's hot-start delay (default: the model's, 15 frames)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -107,6 +108,7 @@ class Settings:
             "video_max_objects": ("SAM3_VIDEO_MAX_OBJECTS", int),
             "video_score_threshold": ("SAM3_VIDEO_SCORE_THRESHOLD", float),
             "video_cache_entries": ("SAM3_VIDEO_CACHE_ENTRIES", int),
+            "video_hotstart_frames": ("SAM3_VIDEO_HOTSTART_FRAMES", int),
         }
         values = {}
         for attr, (name, parse) in parsers.items():
@@ -143,6 +145,8 @@ class Settings:
             raise ValueError("SAM3_VIDEO_KEYFRAME_TOLERANCE must be between 0 and 50 (percent of the frame)")
         if not 0.0 <= self.video_score_threshold <= 1.0:
             raise ValueError("SAM3_VIDEO_SCORE_THRESHOLD must be between 0 and 1")
+        if self.video_hotstart_frames is not None and self.video_hotstart_frames < 0:
+            raise ValueError("SAM3_VIDEO_HOTSTART_FRAMES must be 0 (off) or more")
         if self.video_max_pixels < 1 or self.video_cache_entries < 0:
             raise ValueError("SAM3_VIDEO_MAX_PIXELS must be positive and SAM3_VIDEO_CACHE_ENTRIES not negative")
 

@@ -276,6 +276,7 @@ class VideoService:
                     build_video_models(loaded), image_engine.scheduler,
                     new_object_threshold=s.video_score_threshold,
                     detection_threshold=min(0.5, s.video_score_threshold), max_objects=s.video_max_objects,
+                    hotstart_frames=s.video_hotstart_frames,
                     wait_timeout=getattr(image_engine, "wait_timeout", None),
                 )
             return self._engine

@@ -211,14 +211,13 @@ def _pin(module, logits_for):
 
 
 def _rect_logits(box, width, height, n):
-    out = torch.full((n, n), -8.0)
-    if box is not None:
-        x0, y0, x1, y1 = box
-        xs = (torch.arange(n) + 0.5) / n
-        inside_x = (xs >= x0 / width) & (xs <= x1 / width)
-        inside_y = (xs >= y0 / height) & (xs <= y1 / height)
-        out[inside_y[:, None] & inside_x[None, :]] = 8.0
-    return out
+    """Mask logits whose zero level is the box: signed distance to its edges, in cells."""
+    if box is None:
+        return torch.full((n, n), -8.0)
+    c = torch.arange(n, dtype=torch.float32) + 0.5
+    dx = torch.minimum(c - box[0] / width * n, box[2] / width * n - c)
+    dy = torch.minimum(c - box[1] / height * n, box[3] / height * n - c)
+    return torch.minimum(dy[:, None], dx[None, :])
 
 
 def test_box_tracks_follow_pinned_masks_leave_and_come_back(video_models, tmp_path):
@@ -247,12 +246,11 @@ def test_box_tracks_follow_pinned_masks_leave_and_come_back(video_models, tmp_pa
             seen[o.object_id][r.index] = o.box
     # forward from frame 0 (object 1; object 0 joins at its keyframe 3), then back from 2 (object 0)
     assert steps == [(i, {1} if i < 3 else {0, 1}) for i in range(30)] + [(i, {0}) for i in (2, 1, 0)]
-    cell = width / n
     for obj in (0, 1):
         for index, box in enumerate(truth[obj]):
             if box is None:
                 assert index not in seen[obj], (obj, index)
                 continue
             got = seen[obj][index]
-            assert abs(got.x0 - box[0]) <= cell and abs(got.x1 - box[2]) <= cell, (obj, index, got, box)
-            assert abs(got.y0 - box[1]) <= height / n and abs(got.y1 - box[3]) <= height / n, (obj, index, got, box)
+            np.testing.assert_allclose([got.x0, got.y0, got.x1, got.y1], np.clip(box, 0, [width, height] * 2),
+                                       atol=1e-3, err_msg=f"object {obj} frame {index}")

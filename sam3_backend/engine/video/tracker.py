@@ -60,8 +60,10 @@ class Sam3VideoEngine:
     scheduler: the image engine's (``engine.scheduler``): one model, most urgent call first.
     new_object_threshold: detection score a text-prompted object needs to start a track (SAM 3's
     ``new_det_thresh``); detections below ``detection_threshold`` are ignored altogether.
-    max_objects: tracks per text session (SAM 3's ``max_num_objects``). reverse_chunk: frames held
-    while tracking backwards.
+    max_objects: tracks per text session (SAM 3's ``max_num_objects``). hotstart_frames: SAM 3's
+    hot-start delay (a new object that vanishes or duplicates another within that many frames is
+    dropped, and results lag that much; None keeps the model's, 0 turns it off). reverse_chunk:
+    frames held while tracking backwards.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Sam3VideoEngine:
         new_object_threshold: float = 0.7,
         detection_threshold: float = 0.5,
         max_objects: int = 64,
+        hotstart_frames: int | None = None,
         reverse_chunk: int = 32,
         wait_timeout: float | None = None,
     ):
@@ -86,6 +89,10 @@ class Sam3VideoEngine:
         video.new_det_thresh = float(new_object_threshold)
         video.score_threshold_detection = float(min(detection_threshold, new_object_threshold))
         video.max_num_objects = int(max_objects)
+        if hotstart_frames is not None:
+            video.hotstart_delay = int(hotstart_frames)
+            video.hotstart_unmatch_thresh = min(video.hotstart_unmatch_thresh, video.hotstart_delay)
+            video.hotstart_dup_thresh = min(video.hotstart_dup_thresh, video.hotstart_delay)
         cfg = models.tracker.config
         self.window = int(max(cfg.num_maskmem, cfg.max_object_pointers_in_encoder, video.hotstart_delay)) + 1
         self.max_cond = max(2, int(cfg.max_cond_frame_num))
