@@ -132,9 +132,14 @@ class VideoInfo:
     origin: float = 0.0  # the stream's timestamp of the first frame, seconds (decoders report raw ones)
 
     def index_at(self, seconds: float) -> int:
-        """The frame on screen at ``seconds``: the last one presented at or before it (clamped)."""
-        i = int(np.searchsorted(self.times, seconds + 1e-6, side="right")) - 1
-        return min(max(i, 0), self.frames - 1)
+        """The frame presented nearest to ``seconds`` (clamped to the video): robust to
+        timestamps rounded to the container's clock (WebM stores 1/24 s as 41 or 42 ms)."""
+        i = int(np.searchsorted(self.times, seconds))
+        if i >= self.frames:
+            return self.frames - 1
+        if i > 0 and seconds - self.times[i - 1] <= self.times[i] - seconds:
+            return i - 1
+        return i
 
 
 @dataclass(frozen=True)

@@ -499,7 +499,8 @@ class VideoService:
         def work() -> None:
             try:
                 generator = engine.propagate_boxes(session, priority=lambda: run.priority)
-                run_track(run.job, frames=generator, accumulator=run.accumulator, finish=finish)
+                run_track(run.job, frames=generator, accumulator=run.accumulator, finish=finish,
+                          total=len(session.forward) + len(session.backward))
             except Exception as exc:
                 run.error = f"{type(exc).__name__}: {exc}"
                 log.exception("task %s: tracking regions failed", task_id)

@@ -119,14 +119,17 @@ def run_track(
     frames: Iterator[VideoFrameResult],
     accumulator: TrackAccumulator,
     finish: Callable[[TrackAccumulator, bool], None] | None = None,
+    total: int | None = None,
 ) -> dict:
     """Drain ``frames`` into ``accumulator``, reporting progress; stop early when cancelled.
 
     finish(accumulator, complete) runs at the end (writing the prediction when the request that
-    started the job has already answered). Returns a summary for the job's result.
+    started the job has already answered). total: frame steps expected (default: the planned
+    frames; box tracking visits frames before the first keyframe in a second, backward pass).
+    Returns a summary for the job's result.
     """
     started = time.perf_counter()
-    total = len(accumulator.planned)
+    total = len(accumulator.planned) if total is None else total
     ctx.progress(done=0, total=total, stage="tracking")
     complete = True
     try:

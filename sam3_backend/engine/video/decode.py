@@ -168,9 +168,11 @@ def _first_frame_rotation(container, stream) -> float:
     raise MediaUnavailable("the task's video has no decodable frame")
 
 
-def _to_rgb(frame, size: int) -> np.ndarray:
-    """A decoded frame as (size, size, 3) uint8 RGB: FFmpeg's bilinear scaler, no full-size copy."""
-    return frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="BILINEAR")
+def _to_rgb(frame, size: int | tuple[int, int]) -> np.ndarray:
+    """A decoded frame as (h, w, 3) uint8 RGB, ``size`` = side of a square or (w, h): FFmpeg's
+    bilinear scaler, no full-size copy."""
+    width, height = (size, size) if isinstance(size, int) else size
+    return frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
 
 
 def _decode_from(container, stream, info: VideoInfo, start: int) -> Iterator[tuple[int, object]]:
@@ -222,8 +224,11 @@ def _decode_from(container, stream, info: VideoInfo, start: int) -> Iterator[tup
             yield index, frame
 
 
-def read_frames(path: str | Path, info: VideoInfo, indices: Sequence[int], size: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(index, rgb)`` for the wanted frame ``indices`` (ascending), rgb (size, size, 3) uint8.
+def read_frames(
+    path: str | Path, info: VideoInfo, indices: Sequence[int], size: int | tuple[int, int]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, rgb)`` for the wanted frame ``indices`` (ascending), rgb (size, size, 3)
+    uint8 (or (h, w, 3) for ``size=(w, h)``, e.g. previews).
 
     One frame is converted and held at a time; frames in between are decoded (codecs need them)
     but never converted. Missing frames (a damaged stream) are skipped.
