@@ -56,7 +56,8 @@ from .types import VideoInfo, VideoObjectPrompt
 log = logging.getLogger(__name__)
 
 DEFERRED: list = []  # a /predict item Label Studio stores nothing for (see jobs.handoff)
-TRACKS_SUFFIX = "-tracks"  # model version suffix of predictions written by background interactive tracks
+TRACKS_SUFFIX = "-tracks"
+_ANSWERS_PER_REGION = 8  # keyframe sets remembered per region (the latest ones)  # model version suffix of predictions written by background interactive tracks
 
 
 # ---------------------------------------------------------------------------------------- jobs
@@ -183,6 +184,8 @@ class RegionMemory:
                 entry.answers[region.fingerprint()] = answer
             if answer is not None:
                 entry.answers[tuple(emitted)] = answer
+            while len(entry.answers) > _ANSWERS_PER_REGION:
+                entry.answers.pop(next(iter(entry.answers)))
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
@@ -335,6 +338,7 @@ class VideoService:
     # ------------------------------------------------------------------ prelabel
     def _prelabel(self, tasks: list[dict], config: VideoProjectConfig, deadline: float) -> list:
         version = self.model_version
+        self.engine()  # not ready: 503 for the request, rather than empty predictions stored for every task
         if not config.labels:
             log.warning("prelabel (video): the label config has no <Label> on the video to look for; nothing to track")
             return [prediction([], [], version) for _ in tasks]

@@ -75,13 +75,16 @@ class TrackAccumulator:
     def tracks(self, fps: float) -> list[Track]:
         """The tracks so far, frames mapped to Label Studio's 1-based frames at ``fps``.
 
-        A track is ``complete`` when its samples reach the last planned frame; a Label Studio frame
-        hit by two source frames (variable frame rate) keeps the later one.
+        A track is ``complete`` when its samples reach the last planned frame and that is the end of
+        the video (not a frame limit); a Label Studio frame hit by two source frames (variable
+        frame rate) keeps the later one.
         """
         with self._lock:
             snapshot = {k: dict(v) for k, v in self._boxes.items()}
             objects = dict(self.objects)
         last = self.planned[-1] if self.planned else 0
+        step = self.planned[-1] - self.planned[-2] if len(self.planned) > 1 else 1
+        reaches_end = last + step >= self.info.frames  # a frame limit stops short of the end
         out = []
         for obj_id, per_frame in sorted(snapshot.items()):
             samples: dict[int, TrackSample] = {}
@@ -97,7 +100,7 @@ class TrackAccumulator:
             obj = objects[obj_id]
             out.append(Track(
                 region_id=obj.region_id, label=obj.label, score=sum(scores) / len(scores),
-                samples=tuple(samples[f] for f in sorted(samples)), complete=max(per_frame) >= last,
+                samples=tuple(samples[f] for f in sorted(samples)), complete=reaches_end and max(per_frame) >= last,
             ))
         return out
 

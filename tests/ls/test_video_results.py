@@ -146,3 +146,18 @@ def test_sparsify_edge_cases_and_ids():
     assert sparsify(np.array([1.0, 2.0]), np.zeros((2, 4)), 1.0) == [0, 1]
     assert stable_region_id(1, "v", 3) == stable_region_id(1, "v", 3) != stable_region_id(1, "v", 4)
     assert len(stable_region_id("x")) == 10
+
+
+def test_a_frame_limit_is_not_the_end_of_the_video():
+    from sam3_backend.jobs.track import TrackAccumulator, TrackObject
+    from sam3_backend.types import TrackedBox, VideoFrameResult, VideoInfo
+
+    info = VideoInfo(frames=100, times=np.arange(100) / 24, keyframes=np.ones(100, bool), fps=24, duration=100 / 24,
+                     width=W, height=H, codec="vp8", container="matroska")
+    for planned, ends_enabled in ((tuple(range(40)), False), (tuple(range(0, 100, 3)), True)):
+        acc = TrackAccumulator(info, planned, lambda obj_id, _: TrackObject("r", "car"))
+        for index in planned:
+            acc.add(VideoFrameResult(index, float(info.times[index]), (TrackedBox(0, Box(10, 10, 60, 60), 0.9),),
+                                     frozenset({0})))
+        [region] = acc.regions(CONFIG, 0.5)
+        assert region["value"]["sequence"][-1]["enabled"] is ends_enabled, planned[-1]
