@@ -401,3 +401,13 @@ def test_prelabel_deadline_defers_unfinished_tasks_to_background_writes(make_app
     assert written[7]["model_version"] == version and written[7]["result"]
     for region in written[7]["result"]:
         _check_region(region, 120, 5.0)
+
+
+def test_stride_writes_keyframes_on_the_tracked_frames(make_app):
+    client = make_app(video_stride=4).test_client()
+    r = client.post("/predict", json=_interactive_body(_recorded_context()))
+    [region] = r.json["results"][0]["result"]
+    frames = [k["frame"] for k in region["value"]["sequence"]]
+    # tracked source frames 0, 4, 8, ... (+ the keyframe on 20) are Label Studio frames 1, 5, 9, ...
+    assert frames and all((f - 1) % 4 == 0 or f == 20 for f in frames), frames
+    _check_region(region, 72, 3.0)

@@ -161,3 +161,24 @@ def test_a_frame_limit_is_not_the_end_of_the_video():
                                      frozenset({0})))
         [region] = acc.regions(CONFIG, 0.5)
         assert region["value"]["sequence"][-1]["enabled"] is ends_enabled, planned[-1]
+
+
+def test_variable_frame_rate_and_stride_land_on_the_frames_label_studio_shows():
+    """Source frames map to Label Studio frames by their timestamps at the config's rate."""
+    from sam3_backend.jobs.track import TrackAccumulator, TrackObject
+    from sam3_backend.types import TrackedBox, VideoFrameResult, VideoInfo
+
+    times = np.array([0.0, 0.04, 0.08, 0.2, 0.24, 0.5, 0.54])
+    info = VideoInfo(frames=7, times=times, keyframes=np.ones(7, bool), fps=12.9, duration=0.58, width=W, height=H,
+                     codec="vp9", container="matroska", variable_frame_rate=True)
+    acc = TrackAccumulator(info, tuple(range(7)), lambda obj_id, _: TrackObject("r", "car"))
+    for i in range(7):
+        box = Box(10 + 40 * i * i, 10, 60 + 40 * i * i, 60)  # accelerating: every sample is a keyframe
+        acc.add(VideoFrameResult(i, float(times[i]), (TrackedBox(0, box, 0.9),), frozenset({0})))
+    [track] = acc.tracks(25.0)
+    assert [s.frame for s in track.samples] == [1, 2, 3, 6, 7, 14, 15]  # nearest frame, halves up
+    stride = TrackAccumulator(info, (0, 3, 6), lambda obj_id, _: TrackObject("r", "car"))
+    for i in (0, 3, 6):
+        stride.add(VideoFrameResult(i, float(times[i]), (TrackedBox(0, Box(10, 10, 60, 60), 0.9),), frozenset({0})))
+    [track] = stride.tracks(25.0)
+    assert [s.frame for s in track.samples] == [1, 6, 15] and track.complete
