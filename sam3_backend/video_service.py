@@ -320,7 +320,8 @@ class VideoService:
         self._queue_cv = threading.Condition()
         self._worker: threading.Thread | None = None
         self.stats = {"prelabel_tasks": 0, "interactive_requests": 0, "cached_regions": 0, "handed_off": 0,
-                      "task_errors": 0, "background_writes": 0}
+                      "task_errors": 0, "background_writes": 0}  # for /metrics (sam3_video_events_total)
+        self._stats_lock = threading.Lock()
 
     # ------------------------------------------------------------------ engine
     def engine(self):
@@ -348,6 +349,10 @@ class VideoService:
     def model_version(self) -> str:
         return self._engine_provider().model_version
 
+    def _count(self, event: str) -> None:
+        with self._stats_lock:
+            self.stats[event] += 1
+
     def _project_client(self, project: Any) -> LabelStudioClient | None:
         access = self.fetcher.connections.api_access(project)
         if access is None:
@@ -364,7 +369,7 @@ class VideoService:
             )
         score = sum(r["score"] for r in regions) / len(regions) if regions else 0.0
         client.upsert_prediction(task_id, regions, score=score, **kwargs)
-        self.stats["background_writes"] += 1
+        self._count("background_writes")
 
     def _hand_off(self, run: "_Run", project: Any, params: dict) -> None:
         """The run outlives its request: record it as a job (``GET /jobs``)."""
@@ -416,7 +421,7 @@ class VideoService:
         if context is None:
             results = self._prelabel(tasks, config, deadline, project)
         else:
-            self.stats["interactive_requests"] += 1
+            self._count("interactive_requests")
             results = [self._interactive(tasks[0], context, config, deadline, project)] if tasks else []
         log.info("predict (video): %s, %d task(s), %d region(s), %.3f s",
                  "batch" if context is None else "interactive", len(tasks),
@@ -433,10 +438,10 @@ class VideoService:
         runs = [self._prelabel_run(task, config, version, project) for task in tasks]
         answers = []
         for task, run in zip(tasks, runs):
-            self.stats["prelabel_tasks"] += 1
+            self._count("prelabel_tasks")
             run.done.wait(max(0.0, deadline - time.perf_counter()))
             if not run.claim():
-                self.stats["handed_off"] += 1
+                self._count("handed_off")
                 self._hand_off(run, project, {"mode": "prelabel", "labels": list(config.labels)})
                 answers.append([])  # Label Studio stores nothing now; the job writes the prediction
                 continue
@@ -485,11 +490,11 @@ class VideoService:
                               finish=lambda acc, complete: self._finish_prelabel(run, config, version, acc, project))
             except BackendError as exc:
                 run.error = str(exc)
-                self.stats["task_errors"] += 1
+                self._count("task_errors")
                 log.error("task %s: %s", task_id, exc)
             except Exception as exc:
                 run.error = f"{type(exc).__name__}: {exc}"
-                self.stats["task_errors"] += 1
+                self._count("task_errors")
                 log.exception("task %s: tracking failed", task_id)
             finally:
                 self._close(run)
@@ -525,7 +530,7 @@ class VideoService:
             hit, answer = self.memory.answer(task_id, region)
             if hit:
                 answered[region.region_id] = answer
-                self.stats["cached_regions"] += 1
+                self._count("cached_regions")
             else:
                 todo.append(region)
         if todo:
@@ -617,7 +622,7 @@ class VideoService:
         finally:
             run.answered.set()
         if not finished:
-            self.stats["handed_off"] += 1
+            self._count("handed_off")
             self._hand_off(run, project, {"mode": "interactive", "regions": [r.region_id for r in regions]})
             log.info("task %s: %d region(s) answered with %d of %d frames tracked; the rest continues in the background "
                      "and is written as a prediction (model version %s%s)", task_id, len(regions),
@@ -641,7 +646,7 @@ class VideoService:
     # ------------------------------------------------------------------ runs
     def _failed(self, key: tuple, task_id: Any, exc: Exception) -> _Run:
         run = _Run(key, task_id, _RunJob("failed"), priority=Priority.BATCH, error=str(exc))
-        self.stats["task_errors"] += 1
+        self._count("task_errors")
         log.error("task %s: %s", task_id, exc)
         run.done.set()
         return run

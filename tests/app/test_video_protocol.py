@@ -383,6 +383,10 @@ def test_interactive_deadline_answers_part_and_the_job_writes_the_rest(make_app,
     assert _wait(lambda: client.get("/jobs?kind=track").json["jobs"][0]["state"] == "done")
     [job] = client.get("/jobs?kind=track").json["jobs"]
     assert job["params"]["task"] == 4 and job["params"]["regions"] == ["BgZqBK5TBN"] and job["result"]["frames"] == 120
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'sam3_jobs{kind="track",state="done"} 1.0' in text
+    assert 'sam3_video_events_total{event="handed_off"} 1.0' in text
+    assert 'sam3_video_events_total{event="background_writes"} 1.0' in text
     # Label Studio holds the partial keyframes: the next click gets the full track, untracked
     applied = copy.deepcopy(body)
     applied["params"]["context"]["result"][0]["value"]["sequence"] = partial["value"]["sequence"]
