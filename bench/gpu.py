@@ -22,6 +22,10 @@ Sections (each guarded by the time budget; one that would not fit is skipped wit
 * ``video``: ``Sam3VideoModel`` full size, text prompt, 1080p clip, pinned to 1 and 5 tracked
   objects (``force_video_objects``): frames/s of ``propagate_in_video_iterator`` and with the
   processor's 1080p post-processing.
+* ``video_engine``: the backend's own video path (``engine.video.Sam3VideoEngine`` on the image
+  model's shared weights): an H.264 clip decoded by PyAV straight to the model input, text-prompted
+  (threshold 0, hot-start off, ``--video-objects`` objects at most) and box-prompted (that many
+  boxes) tracking; frames/s including decode, per-frame p50, peak memory.
 * ``train``: one fine-tuning step of the concept detector (``engine.training.loop``), encoders frozen
   and their features computed once: seconds per step and peak memory at 1, 4 and 8 image × concept
   pairs per step (``--train-batches``), main dtype (bf16: float32 master weights under autocast).
@@ -424,6 +428,80 @@ def bulk(bench: Bench, engine, pool, batch: int, n_images: int, engine_images_pe
             runtime.shutdown()
         api.close()
         engine.features.clear()
+def video_engine(bench: Bench, loaded, clip, kind: str, objects: int) -> dict:
+    """Frames/s of ``Sam3VideoEngine`` (decode + model + boxes) on ``clip`` with ``objects`` objects."""
+    from sam3_backend.engine.video.decode import probe_video
+    from sam3_backend.engine.video.models import build_video_models
+    from sam3_backend.engine.video.tracker import Sam3VideoEngine, plan_frames
+    from sam3_backend.types import Box, VideoObjectPrompt
+
+    config = None
+    if loaded.folder is None:  # the full-size model built in memory
+        from transformers import Sam3VideoConfig
+
+        config = Sam3VideoConfig()
+    models = build_video_models(loaded, config)
+    engine = Sam3VideoEngine(models, new_object_threshold=0.0, detection_threshold=0.0, max_objects=objects,
+                             hotstart_frames=0)
+    info = probe_video(clip)
+    frames = plan_frames(info)
+    if kind == "text":
+        session = engine.text_session(clip, info, ["object"], frames=frames)
+        results = engine.propagate_text(session)
+    else:
+        w, h = info.width, info.height
+        prompts = [VideoObjectPrompt(k, ((0, Box(w * (0.1 + 0.15 * k), h * 0.2, w * (0.2 + 0.15 * k), h * 0.5)),))
+                   for k in range(objects)]
+        session = engine.box_session(clip, info, prompts, frames=frames)
+        results = engine.propagate_boxes(session)
+    step_s, tracked = [], []
+    bench.sync()
+    t_all = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        try:
+            result = next(results)
+        except StopIteration:
+            break
+        bench.sync()
+        step_s.append(time.perf_counter() - t0)
+        tracked.append(len(result.tracked))
+    total = time.perf_counter() - t_all
+    return {
+        "kind": kind,
+        "objects": objects,
+        "frames": len(step_s),
+        "frame_size": [info.width, info.height],
+        "fps": len(step_s) / total,
+        "frame": summary(step_s),
+        "tracked_objects_max": max(tracked) if tracked else 0,
+        "extra_parameters": models.extra_parameters,
+    }
+
+
+def _encode_clip(path: Path, frames, fps: int = 24) -> Path:
+    import av
+
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(rgb[: stream.height, : stream.width], format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def run_video_engine(bench: Bench, loaded, dt: str) -> None:
+    args = bench.args
+    clip = _encode_clip(args.out / "video-engine-clip.mp4", synthetic_clip(args.video_frames, args.width, args.height, seed=5))
+    objects = max(int(k) for k in args.video_objects.split(","))
+    for kind in ("text", "boxes"):
+        est = 3 if args.smoke else 0.3 * args.video_frames * max(1, objects) / 5 + 15
+        bench.run("video_engine", f"{dt}/{kind}", est, lambda: video_engine(bench, loaded, clip, kind, objects))
 
 
 # --------------------------------------------------------------------------- model builders
@@ -545,6 +623,21 @@ def markdown(result: dict) -> str:
             f"| {dt} | {r['objects']} | {r['frames']} | {fmt_num(r['model_fps'])} | {fmt_num(r['fps_with_postprocess'])}"
             f" | {fmt_ms(r['frame_model']['p50_ms'])} | {fmt_ms(r['frame_model']['p95_ms'])} | {fmt_ms(r['frame_postprocess']['p50_ms'])}"
             f" | {r['init_seconds']:.3f} | {r['peak_memory_gib']:.2f} |"
+        )
+    lines += [
+        "",
+        "### Video engine (the backend's path: PyAV decode + `Sam3VideoEngine`, shared weights)",
+        "",
+        "| dtype/kind | objects | frames | frames/s incl. decode | frame p50 ms | frame p95 ms | extra parameters | peak GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in sorted(_g(s, "video_engine", default={}).items()):
+        if "fps" not in r:
+            lines.append(f"| {key} | {r.get('skipped') or r.get('error') or 'not run'} |||||| |")
+            continue
+        lines.append(
+            f"| {key} | {r['objects']} | {r['frames']} | {fmt_num(r['fps'])} | {fmt_ms(r['frame']['p50_ms'])}"
+            f" | {fmt_ms(r['frame']['p95_ms'])} | {r['extra_parameters'] / 1e6:.1f}M | {r['peak_memory_gib']:.2f} |"
         )
     if "train" in s:
         lines += ["", "### Fine-tuning step (concept detector trained, vision + text encoders frozen, features cached)", "",
@@ -697,6 +790,8 @@ def main(argv=None) -> int:
                 "images_per_s": _g(bench.sections, "prelabel", dt, "best_images_per_s"),
                 "dtype": dt,
             }
+        if i == 0:  # the backend's video engine on the same loaded weights
+            run_video_engine(bench, loaded, dt)
         engine = loaded = None
         free(bench)
         if i == 0:  # video right after the main dtype: it matters more than the fp32 comparison

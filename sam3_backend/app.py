@@ -96,7 +96,8 @@ class EngineHolder:
             log.error("model failed to load: %s", self.error)
 
 
-def _stats_source(holder: EngineHolder, fetcher: MediaFetcher, admission: Admission):
+def _stats_source(holder: EngineHolder, fetcher: MediaFetcher, admission: Admission, service: PredictionService,
+                  app_jobs: Callable):
     """Numbers other objects own, read at scrape time (``metrics.StatsCollector``)."""
 
     def rows():
@@ -125,6 +126,13 @@ def _stats_source(holder: EngineHolder, fetcher: MediaFetcher, admission: Admiss
                 yield "gauge", "sam3_model_waiting", "Model calls waiting for the model", count, {"priority": priority}
         for kind, count in admission.in_flight().items():
             yield "gauge", "sam3_predict_admitted", "/predict requests admitted and not finished", count, {"kind": kind}
+        for event, count in dict(service.video.stats).items():
+            yield "counter", "sam3_video_events", "Video tasks, requests, cached regions, hand-offs, errors, writes", \
+                count, {"event": event}
+        jobs = app_jobs()
+        if jobs is not None:
+            for (kind, state), count in jobs.store.counts().items():
+                yield "gauge", "sam3_jobs", "Jobs in the store by kind and state", count, {"kind": kind, "state": state}
 
     return rows
 
@@ -153,7 +161,7 @@ def create_app(settings: Settings | None = None, engine=None, *, engine_factory:
     fetcher = MediaFetcher(settings)
     fetcher.observe = metrics.observe_stage
     service = PredictionService(settings, holder.engine, fetcher, metrics)
-    metrics.add_source(_stats_source(holder, fetcher, admission))
+    metrics.add_source(_stats_source(holder, fetcher, admission, service, lambda: app.extensions["sam3"].get("jobs")))
     app.extensions["sam3"] = {
         "holder": holder, "service": service, "settings": settings, "metrics": metrics, "admission": admission,
     }

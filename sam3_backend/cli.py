@@ -76,6 +76,10 @@ def _parse_floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .video_cli import is_video_path, predict_video
+
+    if is_video_path(args.image):
+        return predict_video(args)
     import numpy as np
     from PIL import Image
 
@@ -150,13 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
     s.set_defaults(func=_serve)
 
-    p = sub.add_parser("predict", help="segment one image without Label Studio")
-    p.add_argument("image")
-    p.add_argument("--text", help="concept prompt, e.g. 'yellow school bus' (boxes become exemplars)")
-    p.add_argument("--point", action="append", help="X,Y[,1|0] in pixels; 0 = negative; repeatable")
-    p.add_argument("--box", action="append", help="X0,Y0,X1,Y1 in pixels; repeatable")
-    p.add_argument("--threshold", type=float, help="score threshold for --text (default SAM3_SCORE_THRESHOLD)")
-    p.add_argument("--out", required=True, help="folder for mask PNGs, instances.json and overlay.png")
+    p = sub.add_parser("predict", help="segment an image or track objects in a video, without Label Studio")
+    p.add_argument("image", help="an image, or a video (mp4, webm, mov, mkv, ...)")
+    p.add_argument("--text", help="concept prompt, e.g. 'yellow school bus' (image: boxes become exemplars)")
+    p.add_argument("--point", action="append", help="X,Y[,1|0] in pixels; 0 = negative; repeatable (images)")
+    p.add_argument("--box", action="append",
+                   help="X0,Y0,X1,Y1 in pixels (image), FRAME,X0,Y0,X1,Y1 with a 1-based frame (video); repeatable")
+    p.add_argument("--threshold", type=float, help="score threshold for --text (default SAM3_SCORE_THRESHOLD; "
+                   "SAM3_VIDEO_SCORE_THRESHOLD for videos)")
+    p.add_argument("--out", required=True, help="folder for the results: mask PNGs, instances.json and overlay.png "
+                   "(image); tracks.json and preview.mp4 (video)")
+    p.add_argument("--fps", type=float, help="video: the <Video framerate> of your project (default the video's rate)")
+    p.add_argument("--stride", type=int, help="video: track every Nth frame (default SAM3_VIDEO_STRIDE)")
+    p.add_argument("--tolerance", type=float, help="video: keyframe tolerance in %% of the frame")
+    p.add_argument("--label", help="video: the label written into the tracks (default the --text)")
+    p.add_argument("--preview", choices=("mp4", "sheet"), default="mp4", help="video: preview.mp4 or a preview.png sheet")
     p.set_defaults(func=_predict)
 
     t = sub.add_parser("tiny-model", help="write a tiny random-init SAM 3 checkpoint (tests, demos)")

@@ -71,6 +71,16 @@ class Settings:
     ray_actors: int = 0  # model actors; 0: one per GPU of the cluster (1 without GPUs)
     ray_gpus_per_actor: float = 1.0
     ray_cpus_per_actor: float = 1.0
+    # Video (videorectangle tracks).
+    video_deadline: float = 90.0  # seconds an answer may take; the rest continues as a background job
+    video_max_frames: int = 20_000  # frames tracked per video (after the stride)
+    video_stride: int = 1  # track every Nth frame (Label Studio interpolates between keyframes)
+    video_keyframe_tolerance: float = 0.5  # percent of the frame interpolation may miss a box by
+    video_max_pixels: int = 8192 * 4320  # per frame; larger videos are refused
+    video_max_objects: int = 64  # tracks per text-prompted video
+    video_score_threshold: float = 0.7  # detection score a text-prompted object needs to start a track
+    video_cache_entries: int = 512  # interactive regions remembered (answers returned without re-tracking)
+    video_hotstart_frames: int | None = None  # SAM 3's hot-start delay (default: the model's, 15 frames)
     # Fine-tuning (issue 8): see README "Fine-tuning".
     train_mode: str = "full"  # full | lora (measured on the synthetic set: bench/RESULTS.md)
     train_steps: int = 500
@@ -133,6 +143,15 @@ class Settings:
             "ray_actors": ("SAM3_RAY_ACTORS", int),
             "ray_gpus_per_actor": ("SAM3_RAY_GPUS_PER_ACTOR", float),
             "ray_cpus_per_actor": ("SAM3_RAY_CPUS_PER_ACTOR", float),
+            "video_deadline": ("SAM3_VIDEO_DEADLINE", float),
+            "video_max_frames": ("SAM3_VIDEO_MAX_FRAMES", int),
+            "video_stride": ("SAM3_VIDEO_STRIDE", int),
+            "video_keyframe_tolerance": ("SAM3_VIDEO_KEYFRAME_TOLERANCE", float),
+            "video_max_pixels": ("SAM3_VIDEO_MAX_PIXELS", int),
+            "video_max_objects": ("SAM3_VIDEO_MAX_OBJECTS", int),
+            "video_score_threshold": ("SAM3_VIDEO_SCORE_THRESHOLD", float),
+            "video_cache_entries": ("SAM3_VIDEO_CACHE_ENTRIES", int),
+            "video_hotstart_frames": ("SAM3_VIDEO_HOTSTART_FRAMES", int),
             "train_mode": ("TRAIN_MODE", lambda v: v.strip().lower()),
             "train_steps": ("TRAIN_STEPS", int),
             "train_batch_size": ("TRAIN_BATCH_SIZE", int),
@@ -170,6 +189,7 @@ class Settings:
             raise ValueError("SAM3_SCORE_THRESHOLD must be between 0 and 1")
         if self.prelabel_batch_size < 1:
             raise ValueError("SAM3_PRELABEL_BATCH_SIZE must be at least 1")
+        self._validate_video()
         if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if self.label_studio_api_key and not self.label_studio_url:
@@ -209,6 +229,20 @@ class Settings:
             raise ValueError("TRAIN_MIN_IMAGES must be at least 2 and at most TRAIN_MAX_IMAGES")
         if self.train_auto_after < 0:
             raise ValueError("TRAIN_AUTO_AFTER must be 0 (off) or a number of annotations")
+
+    def _validate_video(self) -> None:
+        if not self.video_deadline > 0:
+            raise ValueError("SAM3_VIDEO_DEADLINE must be a positive number of seconds")
+        if self.video_max_frames < 1 or self.video_stride < 1 or self.video_max_objects < 1:
+            raise ValueError("SAM3_VIDEO_MAX_FRAMES, SAM3_VIDEO_STRIDE and SAM3_VIDEO_MAX_OBJECTS must be at least 1")
+        if not 0.0 <= self.video_keyframe_tolerance <= 50.0:
+            raise ValueError("SAM3_VIDEO_KEYFRAME_TOLERANCE must be between 0 and 50 (percent of the frame)")
+        if not 0.0 <= self.video_score_threshold <= 1.0:
+            raise ValueError("SAM3_VIDEO_SCORE_THRESHOLD must be between 0 and 1")
+        if self.video_hotstart_frames is not None and self.video_hotstart_frames < 0:
+            raise ValueError("SAM3_VIDEO_HOTSTART_FRAMES must be 0 (off) or more")
+        if self.video_max_pixels < 1 or self.video_cache_entries < 0:
+            raise ValueError("SAM3_VIDEO_MAX_PIXELS must be positive and SAM3_VIDEO_CACHE_ENTRIES not negative")
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)

@@ -23,12 +23,14 @@ from .config import Settings
 from .engine.scheduler import Priority
 from .errors import BadRequest, EngineNotReady
 from .ls.connections import MAX_PROJECTS
-from .ls.label_config import ImageProjectConfig, parse_label_config
+from .ls.label_config import ImageProjectConfig
 from .ls.media import MediaFetcher
 from .ls.prompts import parse_context, to_engine_prompts
 from .ls.results import prediction
+from .ls.video_config import VideoProjectConfig, parse_project_config
 from .metrics import Metrics
 from .prelabeler import ConceptPrelabeler, TaskOutcome, encode_prediction, image_url
+from .video_service import VideoService
 from .types import ConceptPrompt, EngineStats, GeometryPrompt, ImageInput, Instance
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class PredictionService:
         self.prelabeler = ConceptPrelabeler(settings, engine, fetcher, pool=self._pool,
                                             observe=self.metrics.observe_stage)
         self.bulk_handoff = None  # jobs.handoff.BulkHandoff, installed by the jobs blueprint
+        self.video = VideoService(settings, lambda: self.engine, fetcher)
 
     # ------------------------------------------------------------------ /setup
     def setup(self, payload: Any) -> dict:
@@ -104,7 +107,7 @@ class PredictionService:
         if schema is not None:
             if not isinstance(schema, str):
                 raise BadRequest("'schema' must be the project's label config XML string")
-            parse_label_config(schema)  # validate now: Label Studio shows this message on Connect
+            parse_project_config(schema)  # validate now: Label Studio shows this message on Connect
             if project is not None:
                 with self._projects_lock:
                     self._projects.pop(project, None)
@@ -122,12 +125,15 @@ class PredictionService:
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
         project = project_key(payload)
-        config = parse_label_config(self._label_config(payload, project))
+        config = parse_project_config(self._label_config(payload, project))
         params = payload.get("params") or {}
         if not isinstance(params, dict):
             raise BadRequest("'params' must be an object")
         context = params.get("context")
         mode = "batch" if context is None else "interactive"
+        if isinstance(config, VideoProjectConfig):
+            self.metrics.predictions.labels(f"video_{mode}").inc()
+            return self.video.predict(tasks, context, config, project)  # video projects: video_service
         started = time.perf_counter()
         self.metrics.predictions.labels(mode).inc()
         if context is None:

@@ -102,3 +102,75 @@ class EngineStats:
     cache_hits: int = 0
     cache_misses: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Video. Frames are 0-based indices in presentation order ("source frames"); times are seconds
+# from the first frame's presentation time; boxes are XYXY pixels of the video frame.
+
+
+@dataclass(frozen=True, eq=False)
+class VideoInfo:
+    """What the video stream says about itself (from a demux pass; nothing decoded is kept).
+
+    frames: number of video frames. times: (frames,) float64 presentation time of each frame in
+    seconds from the first one, increasing (variable frame rate shows as uneven steps).
+    keyframes: (frames,) bool, frames a decoder can start from. fps: mean frame rate.
+    duration: seconds, as a player reports it. width / height: the coded frame size in pixels.
+    """
+
+    frames: int
+    times: np.ndarray
+    keyframes: np.ndarray
+    fps: float
+    duration: float
+    width: int
+    height: int
+    codec: str
+    container: str
+    variable_frame_rate: bool = False
+    origin: float = 0.0  # the stream's timestamp of the first frame, seconds (decoders report raw ones)
+
+    def index_at(self, seconds: float) -> int:
+        """The frame presented nearest to ``seconds`` (clamped to the video): robust to
+        timestamps rounded to the container's clock (WebM stores 1/24 s as 41 or 42 ms)."""
+        i = int(np.searchsorted(self.times, seconds))
+        if i >= self.frames:
+            return self.frames - 1
+        if i > 0 and seconds - self.times[i - 1] <= self.times[i] - seconds:
+            return i - 1
+        return i
+
+
+@dataclass(frozen=True)
+class VideoObjectPrompt:
+    """One object to track from boxes: ``keyframes`` are (frame index, box) pairs, each a prompt."""
+
+    object_id: int
+    keyframes: tuple[tuple[int, Box], ...]
+
+
+@dataclass(frozen=True)
+class TrackedBox:
+    """One object on one frame: XYXY pixel box and the model's confidence in [0, 1]."""
+
+    object_id: int
+    box: Box
+    score: float
+
+
+@dataclass(frozen=True)
+class VideoFrameResult:
+    """What tracking found on source frame ``index`` (presented at ``time`` seconds).
+
+    objects: the objects visible there. tracked: every object whose state was computed on this
+    frame, visible or not (an object tracked but not in ``objects`` has left the picture; one
+    not tracked here is unknown on this frame, e.g. before it first appeared). prompt_index: for
+    text tracking, which concept found each object (object id -> concept index).
+    """
+
+    index: int
+    time: float
+    objects: tuple[TrackedBox, ...]
+    tracked: frozenset[int] = frozenset()
+    prompt_index: dict[int, int] = field(default_factory=dict)

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIRED = ("interactive", "text_prompt", "prelabel", "bulk", "video", "memory", "attention", "compile", "train")
+REQUIRED = ("interactive", "text_prompt", "prelabel", "bulk", "video", "video_engine", "memory", "attention",
+            "compile", "train")
 
 
 def _numbers(value) -> list[float]:
@@ -58,6 +59,12 @@ def test_gpu_bench_smoke(tmp_path):
         assert v["frames"] == 3 and v["model_fps"] > 0 and v["tracked_objects_max"] == v["objects"]
         assert v["masks_per_frame_min"] == v["objects"]
     assert set(sections["attention"]) == {"sdpa", "eager"}
+    engine_rows = sections["video_engine"]  # the backend's own video path on the shared weights
+    assert {r["kind"] for r in engine_rows.values()} == {"text", "boxes"}
+    for r in engine_rows.values():
+        assert r["frames"] == 3 and r["fps"] > 0 and 1 <= r["tracked_objects_max"] <= r["objects"] == 2
+        assert r["extra_parameters"] > 0
+    assert engine_rows[f"{data['meta']['dtypes'][0]}/boxes"]["tracked_objects_max"] == 2
     train = sections["train"]
     assert {v["batch"] for v in train.values()} == {1, 4, 8}
     for v in train.values():

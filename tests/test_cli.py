@@ -91,3 +91,54 @@ def test_a_key_without_its_url_refuses_to_start_with_one_line(tmp_path, tiny_che
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "LABEL_STUDIO_API_KEY is set without LABEL_STUDIO_URL" in lines[0]
         assert "secret-key" not in r.stderr
+def test_predict_video_writes_label_studio_tracks_and_a_preview(tmp_path, tiny_checkpoint):
+    import av
+
+    from video_clips import make_clip
+
+    clip = tmp_path / "clip.webm"
+    make_clip(clip, frames=20, width=96, height=64)
+    env = dict(_env(tiny_checkpoint), SAM3_VIDEO_SCORE_THRESHOLD="0", SAM3_VIDEO_HOTSTART_FRAMES="0",
+               SAM3_VIDEO_MAX_OBJECTS="2")
+    for args, preview in ((["--text", "car", "--fps", "25"], "preview.mp4"),
+                          (["--box", "1,4,16,20,28", "--box", "8,60,10,72,30", "--preview", "sheet"], "preview.png")):
+        out = tmp_path / preview
+        r = subprocess.run(CLI + ["predict", str(clip), *args, "--out", str(out)], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        assert summary["frames"] == 20 and summary["test_model"] is True
+        assert "frame/s" in r.stderr or "frame]" in r.stderr  # the progress bar
+        [task] = json.loads((out / "tracks.json").read_text())
+        regions = task["predictions"][0]["result"]
+        assert task["data"]["video"] == str(clip) and all(reg["type"] == "videorectangle" for reg in regions)
+        if "--box" in args:
+            assert [reg["id"] for reg in regions] == ["box1", "box2"]  # every box is its own object
+            assert summary["frames_tracked"] == 20 + 7  # forwards from frame 1, backwards before frame 8
+        else:
+            assert regions and all(reg["value"]["labels"] == ["car"] for reg in regions)
+            assert all(k["time"] == k["frame"] / 25 for reg in regions for k in reg["value"]["sequence"])
+        if preview.endswith(".mp4"):
+            with av.open(str(out / preview)) as container:
+                stream = container.streams.video[0]
+                assert stream.codec_context.name == "h264" and sum(1 for _ in container.decode(stream)) == 20
+        else:
+            assert Image.open(out / preview).size[0] > 96
+
+
+def test_predict_video_rejects_bad_boxes(tmp_path, tiny_checkpoint):
+    from video_clips import make_clip
+
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, frames=6)
+    for args, needle in ((["--box", "1,2,3,4"], "FRAME,X0,Y0,X1,Y1"), (["--box", "0,1,1,5,5"], "from 1"),
+                         (["--box", "9,1,1,5,5"], "6 frames"), (["--box", "1,1,1,500,5"], "outside"),
+                         ([], "either --text"), (["--point", "3,3"], "--point is for images")):
+        r = subprocess.run(CLI + ["predict", str(clip), *args, "--out", str(tmp_path / "o")],
+                           env=_env(tiny_checkpoint), capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and needle in r.stderr, (args, r.stderr[-2000:])
+    bad = tmp_path / "bad.webm"
+    bad.write_bytes(b"not a video")
+    r = subprocess.run(CLI + ["predict", str(bad), "--text", "car", "--out", str(tmp_path / "o")],
+                       env=_env(tiny_checkpoint), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "not a video" in r.stderr and "Traceback" not in r.stderr

@@ -52,6 +52,7 @@ class LoadedSam3:
     version: str
     is_test_model: bool
     image_size: int
+    folder: Path | None = None  # the checkpoint folder (the video models read their extra weights there)
     # The loaded checkpoint's version when ``detector`` is a fine-tuned variant of it (the backbone
     # and tracker are the checkpoint's, so their cached features stay valid); "" otherwise.
     base_version: str = ""
@@ -164,4 +165,4 @@ def load_sam3(source: ModelSource, device: str = "auto", dtype: str = "auto") ->
     if is_test:
         log.warning("Loaded a RANDOMLY INITIALISED SAM 3 TEST MODEL from %s: its masks are meaningless", folder)
     log.info("SAM 3 %s loaded from %s on %s (%s)", version, folder, dev, str(dt).replace("torch.", ""))
-    return LoadedSam3(detector, tracker, processor, dev, dt, version, is_test, image_size)
+    return LoadedSam3(detector, tracker, processor, dev, dt, version, is_test, image_size, folder)

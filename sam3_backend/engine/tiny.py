@@ -136,6 +136,10 @@ def write_tiny_checkpoint(folder: str | Path, *, seed: int = 0, image_size: int 
         for name, param in model.named_parameters():
             if param.ndim and not param.any():
                 param.normal_(std=0.02)
+        # A random object-score head says "absent" or "present" by a coin flip (about 0 either
+        # way) and video tracking blanks an absent object's mask: bias it to "present", so box
+        # tracks in tests carry masks. Images never read this score.
+        model.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(2.0)
     model.save_pretrained(folder)
     # save_pretrained runs transformers' key conversion in reverse and writes the tracker as
     # ``tracker_model.tracker_model.*``; the published checkpoint has ``tracker_model.*``.

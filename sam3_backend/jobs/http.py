@@ -56,6 +56,7 @@ def install_jobs(app: Flask, settings: Settings, holder, service, *,
                     ", ".join(j.id for j in recovered))
     atexit.register(runtime.shutdown)
     service.bulk_handoff = BulkHandoff(runtime, settings, connection_for)
+    service.video.jobs = runtime.store  # video tracks that outlive their request are recorded as jobs
     bp = Blueprint("jobs", __name__)
 
     def body() -> dict:

@@ -271,6 +271,11 @@ class JobStore:
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         return [_row_to_job(r) for r in self._conn().execute(sql, (*args, int(limit))).fetchall()]
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs there are per (kind, state), for /metrics."""
+        rows = self._conn().execute("SELECT kind, state, COUNT(*) AS n FROM jobs GROUP BY kind, state").fetchall()
+        return {(r["kind"], r["state"]): int(r["n"]) for r in rows}
+
     def cancel_requested(self, job_id: str) -> bool:
         """True once ``cancel`` was called (or the job already ended as cancelled)."""
         row = self._conn().execute("SELECT state, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()

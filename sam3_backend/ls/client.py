@@ -383,6 +383,35 @@ class LabelStudioClient:
         return int(created) if created is not None else len(predictions)
 
 
+    def upsert_prediction(self, task_id: int, result: list[dict], *, score: float, model_version: str,
+                          replace_versions: Sequence[str] = (), merge: bool = False) -> int:
+        """Write ``result`` as one prediction of the task; returns the prediction's id.
+
+        ``replace_versions``: update (instead of adding to) the task's prediction that carries one
+        of these model versions, if any. ``merge``: keep that prediction's regions whose ids are not
+        in ``result`` (several background video tracks of one task end up in one prediction).
+        Used for single late predictions (video tracks that outlive their request); bulk jobs use
+        ``import_predictions``. The write is not retried (it may have been stored).
+        """
+        task_id = int(task_id)
+        if replace_versions:
+            existing = self._read(lambda: self._sdk.predictions.list(task=task_id), f"predictions of task {task_id}")
+            for old in existing or []:
+                if getattr(old, "model_version", None) in replace_versions:
+                    regions = list(result)
+                    if merge:
+                        ids = {r.get("id") for r in result}
+                        regions = [r for r in (old.result or []) if r.get("id") not in ids] + regions
+                    self._write(lambda: self._sdk.predictions.update(int(old.id), result=regions, score=score,
+                                                                     model_version=model_version),
+                                f"prediction {old.id} of task {task_id}")
+                    return int(old.id)
+        created = self._write(lambda: self._sdk.predictions.create(task=task_id, result=result, score=score,
+                                                                   model_version=model_version),
+                              f"a prediction for task {task_id}")
+        return int(created.id)
+
+
 def _detail(body: Any) -> str:
     """Label Studio's error detail, short: validation errors or ``detail``, never an HTML page."""
     if isinstance(body, dict):

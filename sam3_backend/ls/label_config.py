@@ -23,8 +23,8 @@ Choices made here, all deterministic:
   tooltip for people) and ``alias`` (changes the stored value) already mean something else, so
   neither is reused for the prompt.
 * Video (``<Video>`` with ``<VideoRectangle>``) is a different kind of project: it raises
-  ``UnsupportedConfig`` here. ``_read_config`` is the object/control reading that a
-  ``parse_video_config`` returning a ``VideoProjectConfig`` can share.
+  ``UnsupportedConfig`` here; ``ls.video_config.parse_video_config`` reads it (sharing
+  ``_read_config``) and ``ls.video_config.parse_project_config`` dispatches between the two.
 """
 
 from __future__ import annotations
@@ -180,6 +180,10 @@ class _Object:
     kind: str
     value: str | None
     value_list: str | None
+    attrs: tuple[tuple[str, str], ...] = ()  # every attribute, names lower-cased
+
+    def attr(self, name: str) -> str | None:
+        return dict(self.attrs).get(name.lower())
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,7 @@ def _read_config(xml: str) -> _ConfigReading:
                 kind=_CANONICAL_KINDS.get(obj.tag.lower(), obj.tag),
                 value=attr.get("value"),
                 value_list=attr.get("valueList") or attr.get("valuelist"),
+                attrs=tuple((str(k).lower(), str(v)) for k, v in attr.items()),
             )
         )
 
@@ -258,8 +263,9 @@ def parse_label_config(xml: str) -> ImageProjectConfig:
     if not images:
         if any(obj.kind.lower() == "video" for obj in reading.objects):
             raise UnsupportedConfig(
-                "this is a video project (<Video>); video tracking is served separately from "
-                "image segmentation and is not supported by this image config yet"
+                "this is a video project (<Video>): add "
+                '<VideoRectangle name="box" toName="video"/> with <Labels toName="video"> to get tracks'
+                " (ls.video_config.parse_video_config reads video configs)"
             )
         raise UnsupportedConfig(
             'the label config has no <Image> to segment: add <Image name="image" value="$image"/> '

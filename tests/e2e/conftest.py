@@ -165,6 +165,11 @@ def backend(label_studio, backend_cli, tmp_path_factory):
             # The tiny model is random: keep every query so counts are deterministic (> 0).
             "SAM3_SCORE_THRESHOLD": "0.0",
             "SAM3_MAX_INSTANCES": "3",
+            # video: keep every detection and the objects they start (random detections never
+            # match their tracks, so SAM 3's hot-start would drop them all)
+            "SAM3_VIDEO_SCORE_THRESHOLD": "0.0",
+            "SAM3_VIDEO_HOTSTART_FRAMES": "0",
+            "SAM3_VIDEO_MAX_OBJECTS": "3",
             "SAM3_DEVICE": os.environ.get("SAM3_E2E_DEVICE", "cpu"),
             "LOG_LEVEL": "INFO",
             # Fine-tuning (test_training.py): a few images and steps; every version is promoted.

@@ -1,0 +1,103 @@
+"""Small generated video clips for tests: moving shapes encoded with PyAV in codecs a browser plays.
+
+``make_clip`` writes a clip and returns the ground truth: each shape's XYXY pixel box per frame
+(None where the shape is off-screen). Shapes move linearly; a shape may leave and come back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+# (container extension, codec, pixel format) that Chromium plays (VP8/VP9 WebM, H.264 MP4), and
+# two more containers FFmpeg reads (mov, mkv).
+BROWSER_CODECS = {"webm": ("libvpx", "yuv420p"), "mp4": ("libx264", "yuv420p")}
+OTHER_CONTAINERS = {"mov": ("libx264", "yuv420p"), "mkv": ("libvpx-vp9", "yuv420p")}
+
+
+@dataclass
+class Shape:
+    """A filled rectangle of ``size`` (w, h) pixels moving from ``start`` (x, y top-left) by
+    ``step`` pixels per frame; hidden on frames in ``hidden``."""
+
+    start: tuple[float, float]
+    step: tuple[float, float]
+    size: tuple[int, int]
+    color: tuple[int, int, int]
+    hidden: set[int] = field(default_factory=set)
+
+    def box(self, i: int) -> tuple[float, float, float, float] | None:
+        if i in self.hidden:
+            return None
+        x = self.start[0] + self.step[0] * i
+        y = self.start[1] + self.step[1] * i
+        return (x, y, x + self.size[0], y + self.size[1])
+
+
+def default_shapes(width: int, height: int) -> list[Shape]:
+    return [
+        Shape((4, height * 0.25), (2, 0), (width // 6, height // 5), (220, 40, 40)),
+        Shape((width * 0.7, 2), (0, 1), (width // 8, height // 4), (40, 200, 60)),
+    ]
+
+
+def render(i: int, width: int, height: int, shapes: list[Shape]) -> np.ndarray:
+    frame = np.full((height, width, 3), (30, 30, 60), np.uint8)
+    frame[:, :, 2] = np.linspace(40, 120, width, dtype=np.uint8)[None, :]
+    for shape in shapes:
+        b = shape.box(i)
+        if b is None:
+            continue
+        x0, y0, x1, y1 = (int(round(v)) for v in b)
+        frame[max(y0, 0) : max(min(y1, height), 0), max(x0, 0) : max(min(x1, width), 0)] = shape.color
+    return frame
+
+
+def make_clip(
+    path: Path,
+    frames: int = 24,
+    width: int = 96,
+    height: int = 64,
+    fps: int = 24,
+    shapes: list[Shape] | None = None,
+    codec: str | None = None,
+    times: list[float] | None = None,
+    gop: int | None = None,
+) -> list[list[tuple[float, float, float, float] | None]]:
+    """Encode ``frames`` frames into ``path`` (container from the suffix); return per-shape boxes.
+
+    times: presentation time of each frame in seconds (variable frame rate); default i / fps.
+    gop: keyframe interval (default: the codec's).
+    """
+    import av
+
+    path = Path(path)
+    ext = path.suffix.lstrip(".")
+    default_codec, pix_fmt = {**BROWSER_CODECS, **OTHER_CONTAINERS}.get(ext, ("libx264", "yuv420p"))
+    shapes = default_shapes(width, height) if shapes is None else shapes
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec or default_codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if times is not None:
+            stream.time_base = Fraction(1, 1000)
+            stream.codec_context.time_base = Fraction(1, 1000)
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        if (codec or default_codec) == "libx264":
+            stream.options = {"bf": "0"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(render(i, width, height, shapes), format="rgb24")
+            if times is not None:
+                frame.pts = int(round(times[i] * 1000))
+                frame.time_base = Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return [[shape.box(i) for i in range(frames)] for shape in shapes]
+
+
+__all__ = ["BROWSER_CODECS", "OTHER_CONTAINERS", "Shape", "default_shapes", "make_clip", "render"]
