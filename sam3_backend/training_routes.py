@@ -9,7 +9,7 @@ blueprint and a size guard for webhook bodies; ``app.py`` calls it and routes ``
 * ``GET /versions`` — base + every version, and per project what it serves, with metrics
 * ``GET /versions/<id>`` — a version's report; ``GET /versions/<id>/plot.png`` its plot
 * ``POST /versions/rollback`` — ``{"version": "project-3-v1"}`` or ``{"version": "base", "project": 3}``
-* ``GET /train/jobs`` (``?project=&state=``), ``GET /train/jobs/<id>``, ``POST /train/jobs/<id>/cancel``
+* training jobs are jobs like any other: ``GET /jobs?kind=train``, ``GET /jobs/<id>``, ``POST /jobs/<id>/cancel``
 * ``POST /train/start`` — ``{"project": 3}``: start training from the store (+ Label Studio's API)
 """
 
@@ -91,35 +91,6 @@ def job_status():
     return jsonify(_job_body(job))
 
 
-@bp.get("/train/jobs")
-def list_jobs():
-    states = [s for s in request.args.get("state", "").split(",") if s]
-    try:
-        jobs = _training().jobs.list(kind=KIND, project=_project_arg(request.args.get("project")),
-                                     states=states or None, limit=int(request.args.get("limit", 50)))
-    except ValueError as exc:
-        raise BadRequest(f"bad query: {exc}") from None
-    return jsonify({"jobs": [_job_body(j) for j in jobs]})
-
-
-@bp.get("/train/jobs/<job_id>")
-def get_job(job_id: str):
-    job = _training().jobs.get(job_id)
-    if job is None or job.kind != KIND:
-        raise NotFound(f"there is no training job {job_id}; list them at /train/jobs")
-    return jsonify(_job_body(job))
-
-
-@bp.post("/train/jobs/<job_id>/cancel")
-def cancel_job(job_id: str):
-    store = _training().jobs
-    job = store.get(job_id)
-    if job is None or job.kind != KIND:
-        raise NotFound(f"there is no training job {job_id}")
-    store.cancel(job_id)
-    return jsonify(_job_body(store.get(job_id)))
-
-
 @bp.get("/versions")
 def versions():
     return jsonify(_training().listing(_project_arg(request.args.get("project"))))
@@ -157,9 +128,9 @@ def rollback():
 
 def init_training(app, settings, holder, fetcher) -> TrainingService:
     """Build the training service, register the routes and the webhook body-size guard."""
-    from .jobs.http import _ready_engine  # waits for the model a job needs (as bulk jobs do)
+    from .jobs.http import ready_engine  # waits for the model a job needs (as bulk jobs do)
 
-    training = TrainingService(settings, holder, fetcher, engine=lambda: _ready_engine(holder))
+    training = TrainingService(settings, holder, fetcher, engine=lambda: ready_engine(holder))
     atexit.register(training.executor.shutdown)  # a training job cut short ends "interrupted", not lost
     app.extensions["sam3"]["training"] = training
     app.register_blueprint(bp)

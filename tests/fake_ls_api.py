@@ -51,6 +51,9 @@ class FakeLabelStudioAPI:
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str, int]] = []
         self.media_delay = 0.0
+        self.media_gate: threading.Event | None = None  # with media_gate_after: hold later downloads
+        self.media_gate_after = 0  # until the gate opens (tests that must act mid-job, not by timing)
+        self.media_served = 0
         self.revoked = False
         self.on_import: Callable[[FakeLabelStudioAPI, list[dict]], None] | None = None
         self.redirect_to: str | None = None  # answer every API request with a redirect there
@@ -168,6 +171,11 @@ class FakeLabelStudioAPI:
             return status, body, extra
         if path.startswith("/data/upload/"):
             time.sleep(self.media_delay)
+            with self.lock:
+                self.media_served += 1
+                held = self.media_gate is not None and self.media_served > self.media_gate_after
+            if held:
+                self.media_gate.wait(30)
             data = self.state.files.get(path)
             return (200, data, {}) if data is not None else self._error(404, "Not found.")
         m = re.fullmatch(r"/api/projects/(\d+)/", path)

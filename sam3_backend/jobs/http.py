@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 MODEL_WAIT_SECONDS = 900.0  # how long a queued in-process job waits for the model to load
 
 
-def _ready_engine(holder, timeout: float = MODEL_WAIT_SECONDS):
+def ready_engine(holder, timeout: float = MODEL_WAIT_SECONDS):
     """The app's engine once loaded (a job queued at startup waits for it); EngineNotReady if it failed."""
     deadline = time.monotonic() + timeout
     while holder.state == "loading" and time.monotonic() < deadline:
@@ -49,7 +49,7 @@ def install_jobs(app: Flask, settings: Settings, holder, service, *,
     """Register the /jobs routes, the /predict hand-off, and job recovery/shutdown for this process.
     ``engine_for(project, base engine)``: the engine a project serves (its fine-tuned version)."""
     connection_for = connection_for or (lambda project: connection_from_settings(settings))
-    runtime = JobsRuntime(settings, engine=lambda: _ready_engine(holder), engine_for=engine_for)
+    runtime = JobsRuntime(settings, engine=lambda: ready_engine(holder), engine_for=engine_for)
     recovered = runtime.store.recover()
     if recovered:
         log.warning("%d job(s) of stopped processes marked interrupted (resume them): %s", len(recovered),

@@ -69,7 +69,7 @@ def predict(client, task_id=101, url=f"/data/upload/{PROJECT}/shape1.png"):
 def wait_job(client, job_id, timeout=240):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = client.get(f"/train/jobs/{job_id}").json
+        job = client.get(f"/jobs/{job_id}").json["job"]
         if job["state"] in ("done", "failed", "cancelled"):
             return job
         time.sleep(0.1)
@@ -91,7 +91,8 @@ def test_start_training_webhook_to_served_version_and_rollback(make_app, tasks):
     result = job["result"]
     assert result["promoted"] is True and result["version"] == f"project-{PROJECT}-v1"
     assert result["data"]["images"] == len(tasks) and result["data"]["skipped"] == {}
-    assert job["job_status"] == "finished" and job["progress"]["stage"] == "evaluating new version"
+    assert job["progress"]["stage"] == "evaluating new version"
+    assert client.post("/job_status", json={"job": job["id"]}).json["job_status"] == "finished"
     new_version = f"{base_version}+project-{PROJECT}-v1"
     assert result["model_version"] == new_version
 
@@ -194,7 +195,7 @@ def test_webhook_limits_and_junk(make_app):
     assert junk.status_code == 201 and "annotation" in junk.json["store"]["error"]  # acknowledged, not stored
     assert client.post("/webhook", json={"action": "START_TRAINING"}).status_code == 400
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": "x"}}).status_code == 400
-    assert client.get("/train/jobs/nope").status_code == 404
+    assert client.get("/jobs/nope").status_code == 404
     assert client.post("/job_status", json={"job": "nope"}).status_code == 410
 
 

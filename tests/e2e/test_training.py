@@ -93,7 +93,7 @@ def test_start_training_in_label_studio_serves_a_new_version(label_studio, backe
         job_id = starts[0].response_json["job"]
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            job = requests.get(f"{backend.url}/train/jobs/{job_id}", timeout=10).json()
+            job = requests.get(f"{backend.url}/jobs/{job_id}", timeout=10).json()["job"]
             if job["state"] in ("done", "failed", "cancelled"):
                 break
             time.sleep(0.5)

@@ -3,6 +3,7 @@ once, resumable, idempotent; per-task failures with reasons; retries; clear job 
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -171,17 +172,18 @@ def test_cancel_mid_run_then_resume_predicts_each_task_once(runtime, connection,
     project, _ = image_project
     more = add_image_tasks(fake_api, project, 10)
     tasks = [t for t in fake_api.state.tasks]
-    fake_api.media_delay = 0.05
+    # Downloads after the first 8 wait until the test has cancelled: a mid-run cancel, not a race.
+    fake_api.media_gate, fake_api.media_gate_after = threading.Event(), 8
     job = runtime.prelabel(PrelabelParams(project=project), connection)
     deadline = time.monotonic() + 30
     while runtime.store.get(job.id).progress.get("written", 0) < 4 and time.monotonic() < deadline:
         time.sleep(0.02)
     runtime.store.cancel(job.id)
+    fake_api.media_gate.set()
     assert runtime.executor.wait_idle(30)
     cancelled = runtime.store.get(job.id)
     assert cancelled.state == JobState.CANCELLED, cancelled.reason
     assert 4 <= cancelled.result["written"] < 20 and cancelled.result["stopped_early"]
-    fake_api.media_delay = 0.0
     resumed = runtime.resume(job.id, connection)
     assert runtime.executor.wait_idle(60)
     done = runtime.store.get(resumed.id)
