@@ -7,8 +7,10 @@ one of its own. Pieces:
 - ``Browser`` launches it once per test session and logs in to Label Studio once; every test gets
   a fresh context (cookies copied from that login) and one ``LabelingPage``.
 - ``LabelingPage`` is a page object for the labeling UI: open a task, Auto-Annotation, smart tools,
-  labels, clicks and drags in image coordinates, suggestions, Submit. Every action waits for a
-  specific element, request or store state, never for a fixed time. It records the browser
+  labels, clicks and drags in image coordinates, suggestions, Submit; on a video task, the
+  player's frame counter, boxes drawn and moved in video coordinates, label clicks on a selected
+  region. Every action waits for a specific element, request or store state, never for a fixed
+  time. It records the browser
   console and the page's ML requests, and on failure saves a screenshot, the HTML and that log.
 
 Selectors and behaviour were read off Label Studio 1.23.2's real UI (its ``web/dist`` bundle and
@@ -115,12 +117,13 @@ class Browser:
 
 
 # --------------------------------------------------------------------------------------------
-# What one smart-tool prompt did
+# What one interactive prompt did
 
 
 @dataclass
 class Interaction:
-    """One smart-tool prompt as the browser saw it: what the UI posted and what LS answered."""
+    """One interactive prompt (a smart-tool gesture, a label click on a video region) as the
+    browser saw it: what the UI posted and what LS answered."""
 
     context: list[dict]  # the regions the UI sent as params.context.result
     answer: dict  # LS's JSON answer: {"data": {"result": [...]}} or {"errors": [...]}
@@ -175,6 +178,43 @@ _IMAGE_STABLE_JS = """(polls) => {
   return window.__e2eImgBox.n >= polls;
 }"""
 
+# A <Video> task (HtxVideo + VideoCanvas in 1.23.2): the frame is painted on a canvas, centred in
+# the Konva stage ``.lsf-video__main .konvajs-content`` at the player's zoom and pan, and the stage
+# maps the pointer back to video pixels the same way (VideoRegions). The player's ref
+# (``item.ref.current``) carries that zoom, pan, the video's and the canvas's sizes and the clip's
+# length in frames; from them comes the video's box on screen (as VideoRegions computes it for an
+# unpanned player: these tests never pan). Ready = the clip's length is known and that box
+# unchanged over the last polls.
+_VIDEO_BOX_JS = """([name, polls]) => {
+  const a = window.Htx && window.Htx.annotationStore && window.Htx.annotationStore.selected;
+  const item = a && a.names.get(name);
+  const player = item && item.ref && item.ref.current;
+  const stage = document.querySelector('.lsf-video__main .konvajs-content');
+  if (!player || !stage || !player.length || !player.videoDimensions.width) {
+    window.__e2eVideoBox = null;
+    return null;
+  }
+  const s = stage.getBoundingClientRect();
+  const width = player.videoDimensions.width * player.zoom;
+  const height = player.videoDimensions.height * player.zoom;
+  const box = {
+    x: s.x + (player.width - width) / 2 + player.pan.x, y: s.y + (player.height - height) / 2 + player.pan.y,
+    width, height, stage: {x: s.x, y: s.y, width: s.width, height: s.height},
+    frame: item.frame, frames: player.length,
+  };
+  const key = [box.x, box.y, width, height].map(v => Math.round(v * 10)).join(',');
+  const last = window.__e2eVideoBox;
+  window.__e2eVideoBox = (last && last.key === key) ? {key, n: last.n + 1} : {key, n: 1};
+  return window.__e2eVideoBox.n >= polls ? box : null;
+}"""
+
+# The annotation as Label Studio would save it: what a label click sends as context is taken from
+# the same serialization.
+_RESULTS_JS = """() => {
+  const a = window.Htx && window.Htx.annotationStore && window.Htx.annotationStore.selected;
+  return a ? a.serializeAnnotation() : null;
+}"""
+
 
 class LabelingPage:
     """Label Studio's labeling UI for one task, in one fresh browser context."""
@@ -188,6 +228,7 @@ class LabelingPage:
         self.log: list[str] = []  # console messages, page errors, failed requests, ML traffic
         self.interactive_requests: list[Any] = []  # playwright Request objects, in order
         self.label_groups: dict[str, int] = {}
+        self.video_name: str | None = None  # the <Video> tag's name, for a video task
         self.page.on("console", lambda m: self._log(f"console.{m.type}: {m.text}"))
         self.page.on("pageerror", lambda e: self._log(f"pageerror: {e}"))
         self.page.on("requestfailed", lambda r: self._log(f"request failed: {r.method} {r.url}: {r.failure}"))
@@ -216,9 +257,12 @@ class LabelingPage:
         log_path = directory / "browser.log"
         try:
             state = json.dumps(self.page.evaluate(_STATE_JS), indent=1)
+            results = json.dumps(self.page.evaluate(_RESULTS_JS), indent=1)
         except Exception as exc:
-            state = f"<unreadable: {exc}>"
-        log_path.write_text("\n".join(self.log) + f"\n\nURL: {self.page.url}\nannotation store:\n{state}\n")
+            state = results = f"<unreadable: {exc}>"
+        log_path.write_text(
+            "\n".join(self.log) + f"\n\nURL: {self.page.url}\nannotation store:\n{state}\nresults:\n{results}\n"
+        )
         written.append(log_path)
         for name, save in (
             ("screenshot.png", lambda p: self.page.screenshot(path=str(p), full_page=True)),
@@ -247,6 +291,42 @@ class LabelingPage:
 
     def wait_image_ready(self) -> None:
         self.page.wait_for_function(_IMAGE_STABLE_JS, arg=4, polling=150)
+
+    def open_video_task(self, project_id: int, task_id: int, label_config: str) -> "LabelingPage":
+        """Open a video task; wait until the player knows the clip's length and is laid out.
+
+        A video project has no toolbar: the VideoRectangle control draws wherever the stage is
+        dragged, with or without a label chosen.
+        """
+        names = re.findall(r'<Video\b[^>]*\bname="([^"]+)"', label_config)
+        if len(names) != 1:
+            raise HarnessError(f"expected one <Video name=...> in the label config, found {names}")
+        self.video_name = names[0]
+        self.label_groups = label_groups(label_config)
+        self.page.goto(f"{self.ls_url}/projects/{project_id}/data?task={task_id}")
+        self.page.wait_for_function("() => !!(window.Htx && window.Htx.annotationStore.selected)")
+        self.video_box()
+        return self
+
+    def video_box(self) -> dict:
+        """The video's box on screen (x, y, width, height), the stage's, the current frame
+        (1-based) and the clip's length in frames; waits until the player is ready."""
+        handle = self.page.wait_for_function(_VIDEO_BOX_JS, arg=[self.video_name, 3], polling=150)
+        return handle.json_value()
+
+    def results(self) -> list[dict]:
+        """The current annotation's regions, serialized as Label Studio saves and sends them."""
+        results = self.page.evaluate(_RESULTS_JS)
+        if results is None:
+            raise HarnessError("the labeling UI's store (window.Htx) has no annotation: is the task open?")
+        return results
+
+    def result(self, region_id: str) -> dict:
+        results = self.results()
+        for region in results:
+            if region["id"] == region_id:
+                return region
+        raise HarnessError(f"no region {region_id!r} in the annotation: {[r['id'] for r in results]}")
 
     def state(self) -> AnnotationState:
         raw = self.page.evaluate(_STATE_JS)
@@ -297,10 +377,19 @@ class LabelingPage:
         )
         if self.page.evaluate(selected_js, [index, label]):
             return  # a second click would unselect it
-        row = self.page.locator(".lsf-labels").nth(index)
-        text = self.page.locator(".lsf-label__text", has_text=re.compile(f"^{re.escape(label)}$"))
-        row.locator(".lsf-label", has=text).click()
+        self._label_chip(control, label).click()
         self.page.wait_for_function(selected_js, arg=[index, label])
+
+    def _label_chip(self, control: str, label: str):
+        row = self.page.locator(".lsf-labels").nth(self.label_groups[control])
+        text = self.page.locator(".lsf-label__text", has_text=re.compile(f"^{re.escape(label)}$"))
+        return row.locator(".lsf-label", has=text)
+
+    def click_label(self, control: str, label: str) -> "Interaction":
+        """Click a label chip while a video region is selected: it toggles the label on that
+        region and, with Auto-Annotation on, sends the one interactive request a video has.
+        Returns the exchange."""
+        return self._prompt(self._label_chip(control, label).click)
 
     # -- pointer, in image coordinates -----------------------------------------------------------
 
@@ -343,22 +432,70 @@ class LabelingPage:
 
     def smart_drag(self, f0: tuple[float, float], f1: tuple[float, float]) -> Interaction:
         """Drag a smart rectangle from image fractions ``f0`` to ``f1``. Returns the exchange."""
-        (x0, y0), (x1, y1) = self.image_point(*f0), self.image_point(*f1)
+        p0, p1 = self.image_point(*f0), self.image_point(*f1)
+        return self._prompt(lambda: self._drag(p0, p1))
 
-        def drag():
-            self.page.mouse.move(x0, y0)
-            self.page.mouse.down()
-            self.page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
-            self.page.mouse.move(x1, y1, steps=4)
-            self.page.mouse.up()
-
-        return self._prompt(drag)
+    def _drag(self, p0: tuple[float, float], p1: tuple[float, float]) -> None:
+        (x0, y0), (x1, y1) = p0, p1
+        self.page.mouse.move(x0, y0)
+        self.page.mouse.down()
+        self.page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
+        self.page.mouse.move(x1, y1, steps=4)
+        self.page.mouse.up()
 
     def plain_click(self, fx: float, fy: float) -> int:
         """Click the image; return how many interactive requests the page had made before it."""
         before = len(self.interactive_requests)
         self.page.mouse.click(*self.image_point(fx, fy))
         return before
+
+    # -- video: frames and boxes, in video coordinates ------------------------------------------
+
+    def video_point(self, fx: float, fy: float) -> tuple[float, float]:
+        """Screen coordinates of the point at fractions (fx, fy) of the video's width and height."""
+        box = self.video_box()
+        stage = box["stage"]
+        x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+        inside = stage["x"] <= x <= stage["x"] + stage["width"] and stage["y"] <= y <= stage["y"] + stage["height"]
+        if not inside:
+            raise HarnessError(f"video point ({fx}, {fy}) -> ({x:.0f}, {y:.0f}) lies outside the stage {stage}")
+        return x, y
+
+    def seek_frame(self, frame: int) -> None:
+        """Go to ``frame`` (1-based) by typing it into the timeline's frame counter ("1 of 24")."""
+        self.page.locator(".lsf-frames-control").click()
+        counter = self.page.locator(".lsf-frames-control input")
+        counter.fill(str(frame))
+        counter.press("Enter")
+        self.page.wait_for_function(
+            "([name, frame]) => window.Htx.annotationStore.selected.names.get(name).frame === frame",
+            arg=[self.video_name, frame],
+        )
+
+    def draw_video_box(self, f0: tuple[float, float], f1: tuple[float, float]) -> dict:
+        """Drag a new box from video fractions ``f0`` to ``f1`` on the current frame; return the
+        region as serialized (one keyframe). Nothing is sent to the backend for it."""
+        before = {r["id"] for r in self.results()}
+        self._drag(self.video_point(*f0), self.video_point(*f1))
+        self.wait_state(f"a.regions.length === {len(before) + 1}")
+        [region] = [r for r in self.results() if r["id"] not in before]
+        return region
+
+    def move_video_box(self, region_id: str, f0: tuple[float, float], f1: tuple[float, float]) -> dict:
+        """Drag the box under ``f0`` to ``f1``: on a frame without a keyframe that adds one.
+        Returns the region as serialized."""
+        keyframes = len(self.result(region_id)["value"]["sequence"])
+        self._drag(self.video_point(*f0), self.video_point(*f1))
+        self.wait_state(
+            f"(() => {{ const r = a.regions.find(r => r.id === {json.dumps(region_id)});"
+            f" return r && r.sequence.length === {keyframes + 1}; }})()"
+        )
+        return self.result(region_id)
+
+    def select_video_region(self, region_id: str, fx: float, fy: float) -> None:
+        """Click the video at (fx, fy), on the box of ``region_id``; wait until it is the selection."""
+        self.page.mouse.click(*self.video_point(fx, fy))
+        self.wait_state(f"a.selectedRegions.length === 1 && a.selectedRegions[0].id === {json.dumps(region_id)}")
 
     # -- suggestions and submit ------------------------------------------------------------------
 
@@ -396,7 +533,7 @@ class LabelingPage:
 
 def label_groups(label_config: str) -> dict[str, int]:
     """Control name -> index of its row of label chips (the order of the *Labels tags)."""
-    names = re.findall(r'<\w+Labels\b[^>]*\bname="([^"]+)"', label_config)
+    names = re.findall(r'<\w*Labels\b[^>]*\bname="([^"]+)"', label_config)
     return {name: i for i, name in enumerate(names)}
 
 

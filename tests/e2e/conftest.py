@@ -7,9 +7,10 @@ recording proxy in front of the backend -> create a project, connect the backend
 The e2e tests only run when selected: ``pytest tests/e2e -m e2e`` (or ``SAM3_E2E=1``); a plain
 ``pytest`` skips them instead of spending minutes installing Label Studio.
 
-The browser tests (``test_browser_labeling.py``) add, on first use: Debian's Chromium
-(``scripts/install-chromium.sh``, idempotent, like the Label Studio install) -> one headless
-browser logged in to Label Studio -> a fresh browser context and ``LabelingPage`` per test.
+The browser tests (``test_browser_labeling.py``, ``test_browser_video.py``) add, on first use:
+Debian's Chromium (``scripts/install-chromium.sh``, idempotent, like the Label Studio install) ->
+one headless browser logged in to Label Studio -> a fresh browser context and ``LabelingPage`` per
+test.
 
 Environment knobs: ``SAM3_E2E_DEVICE`` (backend device, default ``cpu``),
 ``SAM3_E2E_BACKEND_CLI`` (another ``sam3-backend`` executable, e.g. a stub while developing the

@@ -72,6 +72,17 @@ def phase(name: str):
         TIMINGS[name] = TIMINGS.get(name, 0.0) + time.monotonic() - t0
 
 
+def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
+    """Poll ``condition()`` until it returns something truthy (for the in-process proxy)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 class HarnessError(RuntimeError):
     """Something in the e2e setup failed; the message says which process and shows its log."""
 

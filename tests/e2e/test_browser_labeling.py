@@ -8,7 +8,8 @@ annotation). They share the session's Label Studio, backend and proxy with
 ``test_label_studio.py`` but use projects of their own, and a fresh task per test (Label Studio
 keeps a draft of every opened task, which would change what a later click lands on).
 
-The tiny model is random: the checks are about structure and wiring, not mask quality.
+The tiny model is random: the checks are about structure and wiring, not mask quality. Video
+tasks (a drawn box tracked by a label click) are in ``test_browser_video.py``.
 
 Run alone: ``SAM3_E2E=1 .venv/bin/python -m pytest tests/e2e/test_browser_labeling.py -q``
 """
@@ -16,7 +17,6 @@ Run alone: ``SAM3_E2E=1 .venv/bin/python -m pytest tests/e2e/test_browser_labeli
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
-from ls_harness import LABEL_CONFIG, phase
+from ls_harness import LABEL_CONFIG, phase, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -154,17 +154,6 @@ def assert_click_sent_nothing(labeling, proxy, mark: int, requests_before: int) 
         pass  # nothing was sent, as expected
     assert len(labeling.interactive_requests) == requests_before, labeling.log[-10:]
     assert not [e for e in proxy.find("POST", "/predict", since=mark) if e.request_json["params"].get("context")]
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
-    """Poll ``condition()`` until it returns something truthy (for the in-process proxy)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,16 +382,3 @@ def test_turning_prelabel_off_in_settings_lets_clicks_through(
     mark = proxy.mark()
     click = labeling.smart_click(0.5, 0.5)
     check_prompt_answered(labeling, proxy, mark, click)
-
-
-# --------------------------------------------------------------------------------------------
-# Video (to come with video support; see ../shared/label-studio/NOTES.md, "Video in the real
-# labeling UI"). The scenario: a project with <Video name="video" value="$video" framerate="24"/>,
-# <Labels name="videoLabels" toName="video"> and <VideoRectangle name="box" toName="video"/>, a
-# WebM or H.264 MP4 task (Chromium cannot play OpenCV's mp4v), Auto-Annotation on; draw a box,
-# keep it selected and click its label: one interactive /predict whose context holds the
-# videorectangle; the answer has the same region id, so the UI replaces that region in place
-# (no suggestion step for video): check the region's sequence now holds the tracked keyframes,
-# then Submit and read the track back through the API. Reuse ``LabelingPage`` (open_task,
-# enable_auto_annotation, wait_state, submit) and the ``labeling`` fixture; add a ``draw_box``
-# gesture and a way to pick the label of the selected region.
