@@ -157,7 +157,7 @@ def _click_payload(task_id: int, url: str, x: float, y: float, width: int, heigh
 def run(clicks: int, cold: int, width: int, height: int, seed: int = 0) -> dict:
     import sam3_backend.ls.media as media_mod
     import sam3_backend.ls.results as results_mod
-    import sam3_backend.service as service_mod
+    import sam3_backend.prelabeler as prelabeler_mod
     from sam3_backend.app import create_app
     from sam3_backend.config import Settings
     from sam3_backend.engine.image import Sam3ImageEngine
@@ -183,7 +183,7 @@ def run(clicks: int, cold: int, width: int, height: int, seed: int = 0) -> dict:
         patches = [
             (media_mod, "load_image", probe.wrap("decode", media_mod.load_image)),
             (results_mod, "encode_rle", probe.wrap("rle", results_mod.encode_rle)),
-            (service_mod, "encode_regions", probe.wrap("regions", service_mod.encode_regions)),
+            (prelabeler_mod, "encode_regions", probe.wrap("regions", prelabeler_mod.encode_regions)),
         ]
         originals = [(m, n, getattr(m, n)) for m, n, _ in patches]
         for m, n, f in patches:

@@ -147,8 +147,10 @@ def parse_video_config(xml: str) -> VideoProjectConfig:
     )
 
 
+@lru_cache(maxsize=64)
 def parse_project_config(xml: str) -> ImageProjectConfig | VideoProjectConfig:
     """The project's config, image or video: ``/setup`` and ``/predict`` go through this.
+    Cached per config string: every click sends the config, and parsing it costs ~0.7 ms.
 
     A ``<Video>`` with a ``<VideoRectangle>`` makes a video project; a config with a ``<Video>``
     and no ``<Image>`` gets the video parser's refusal (what to add); everything else is an image
