@@ -14,11 +14,11 @@ up to ``SAM3_VIDEO_DEADLINE`` (90 s):
 * Interactive (a label clicked on a selected region): every region of the context is tracked
   from its keyframes, all in one pass, and returned under its own id, so the editor replaces it
   in place. Regions whose keyframes are those this backend last answered with are returned as
-  they were (``RegionMemory``); after an answer, only keyframes the user added or moved count as
-  new prompts, next to the ones the first request carried. At the deadline the request answers
-  with the frames tracked so far (the track ends with ``enabled: false`` there); the job goes on
-  at background priority, writes the full tracks as one prediction of model version
-  ``<version>-tracks`` per task, and the next click on such a region gets the full track.
+  they were (``ls.video_memory.RegionMemory``); after an answer, only keyframes the user added
+  or moved count as new prompts, next to the ones the first request carried. At the deadline the
+  request answers with the frames tracked so far (the track ends with ``enabled: false`` there);
+  the job goes on at background priority, writes the full tracks as one prediction of model
+  version ``<version>-tracks`` per task, and the next click on such a region gets the full track.
   Submit's ``{"result": []}`` is answered at once, empty.
 
 A run that outlives its request becomes a ``track`` job in the job store (``GET /jobs``: progress,
@@ -53,14 +53,14 @@ from .ls.client import LabelStudioClient
 from .ls.media import MediaFetcher
 from .ls.results import prediction
 from .ls.video_config import VideoProjectConfig
-from .ls.video_prompts import Keyframe, VideoRegionPrompt, keyframe_box, parse_video_context
+from .ls.video_memory import RegionMemory
+from .ls.video_prompts import VideoRegionPrompt, keyframe_box, parse_video_context
 from .ls.video_results import frame_start, frames_count, stable_region_id
 from .types import VideoInfo, VideoObjectPrompt
 
 log = logging.getLogger(__name__)
 
 TRACKS_SUFFIX = "-tracks"  # model version suffix of predictions written by background interactive tracks
-_ANSWERS_PER_REGION = 8  # keyframe sets remembered per region (the latest ones)
 KIND = "track"  # job kind of a run that outlives its request
 _STORE_EVERY = 1.0  # seconds between progress writes to the job store
 
@@ -175,102 +175,6 @@ class _Run:
         with self.lock:
             self.completed = True
             return self.handed_off
-
-
-# ---------------------------------------------------------------------------------------- memory
-
-
-@dataclass
-class _RegionEntry:
-    prompts: tuple[Keyframe, ...]
-    emitted: set[tuple] = field(default_factory=set)
-    answers: dict[tuple, dict | None] = field(default_factory=dict)
-
-
-class RegionMemory:
-    """What this backend answered for each (task, region), bounded (LRU by entries).
-
-    ``answer(task, region)``: the region returned last time if its keyframes are exactly those
-    of that answer (or of the request that produced it). ``prompts(task, region)``: the keyframes
-    to track from: all of them for a region never answered; else the first request's prompts
-    plus every keyframe the user added or moved since (one per frame, the user's wins).
-    """
-
-    def __init__(self, entries: int):
-        self.capacity = max(0, int(entries))
-        self._items: OrderedDict[tuple, _RegionEntry] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _get(self, key: tuple) -> _RegionEntry | None:
-        entry = self._items.get(key)
-        if entry is not None:
-            self._items.move_to_end(key)
-        return entry
-
-    def answer(self, task_id: Any, region: VideoRegionPrompt) -> tuple[bool, dict | None]:
-        with self._lock:
-            entry = self._get((task_id, region.region_id))
-            fp = region.fingerprint()
-            if entry is None or fp not in entry.answers:
-                return False, None
-            return True, entry.answers[fp]
-
-    def prompts(self, task_id: Any, region: VideoRegionPrompt) -> tuple[Keyframe, ...]:
-        with self._lock:
-            entry = self._get((task_id, region.region_id))
-        if entry is None:
-            return region.keyframes
-        user = [k for k in region.keyframes if k.fingerprint() not in entry.emitted]
-        merged = {k.frame: k for k in entry.prompts}
-        merged.update({k.frame: k for k in user})
-        return tuple(merged[f] for f in sorted(merged)) or region.keyframes
-
-    def remember(self, task_id: Any, region: VideoRegionPrompt | None, region_id: str, prompts: tuple[Keyframe, ...],
-                 answer: dict | None) -> None:
-        """Record ``answer`` (a region dict, or None: nothing visible) for the request ``region``
-        (None for prelabel answers, which had no keyframes)."""
-        if self.capacity == 0:
-            return
-        emitted = _sequence_fingerprints(answer)
-        with self._lock:
-            key = (task_id, region_id)
-            entry = self._items.get(key)
-            if entry is None:
-                entry = self._items[key] = _RegionEntry(prompts=prompts)
-            entry.prompts = prompts or entry.prompts
-            entry.emitted |= set(emitted)
-            if region is not None:
-                entry.answers[region.fingerprint()] = answer
-            if answer is not None:
-                entry.answers[tuple(emitted)] = answer
-            while len(entry.answers) > _ANSWERS_PER_REGION:
-                entry.answers.pop(next(iter(entry.answers)))
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def replace(self, task_id: Any, region_id: str, old: dict | None, new: dict) -> None:
-        """A background job finished ``old`` (a partial answer): every request that got it gets ``new``."""
-        emitted = _sequence_fingerprints(new)
-        with self._lock:
-            entry = self._items.get((task_id, region_id))
-            if entry is None:
-                return
-            for fp, answer in list(entry.answers.items()):
-                if answer is old:
-                    entry.answers[fp] = new
-            entry.emitted |= set(emitted)
-            entry.answers[tuple(emitted)] = new
-
-
-def _sequence_fingerprints(region: dict | None) -> list[tuple]:
-    if not region:
-        return []
-    out = []
-    for item in region["value"]["sequence"]:
-        out.append(Keyframe(item["frame"], item["x"], item["y"], item["width"], item["height"],
-                            float(item.get("rotation", 0) or 0), bool(item.get("enabled", True))).fingerprint())
-    return out
 
 
 @contextmanager
