@@ -26,174 +26,40 @@ done or failed with the reason; a restart marks it interrupted), and writes thro
 Studio's API with the project's own connection (``ls.connections``).
 
 Nothing here touches torch directly: the video engine is built lazily from the image engine's
-loaded model (``engine.video``) and shares its scheduler, so a click on an image waits for at most
-one video frame.
+loaded model (``jobs.track_engine``) and shares its scheduler, so a click on an image waits for
+at most one video frame. Label Studio's side of it lives in ``ls/`` (``video_config``,
+``video_prompts``, ``video_memory``, ``video_results``), a run's bookkeeping in
+``jobs.track_run``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .config import Settings
 from .engine.scheduler import Priority
-from .errors import BackendError, BadRequest, EngineNotReady
+from .errors import BackendError
 from .jobs.track import TrackAccumulator, TrackObject, run_track
+from .jobs.track_engine import VideoEngineSource
+from .jobs.track_run import TrackRun, TrackRunJob
 from .ls.client import LabelStudioClient
 from .ls.media import MediaFetcher
+from .ls.media_cache import pinned
 from .ls.results import prediction
-from .ls.video_config import VideoProjectConfig
+from .ls.video_config import VideoProjectConfig, video_url
 from .ls.video_memory import RegionMemory
-from .ls.video_prompts import VideoRegionPrompt, keyframe_box, parse_video_context
-from .ls.video_results import frame_start, frames_count, stable_region_id
-from .types import VideoInfo, VideoObjectPrompt
+from .ls.video_prompts import VideoRegionPrompt, object_prompts, parse_video_context
+from .ls.video_results import stable_region_id, with_label
+from .types import VideoInfo
 
 log = logging.getLogger(__name__)
 
 TRACKS_SUFFIX = "-tracks"  # model version suffix of predictions written by background interactive tracks
 KIND = "track"  # job kind of a run that outlives its request
-_STORE_EVERY = 1.0  # seconds between progress writes to the job store
-
-
-# ---------------------------------------------------------------------------------------- jobs
-
-
-class _RunJob:
-    """The ``JobContext`` surface of one tracking run (``progress``, ``cancelled``).
-
-    A run starts as a plain thread of this process; when it outlives its request it is recorded
-    as a ``track`` job (``attach``): from then on its progress goes to the job store (throttled),
-    a cancel there stops it, and ``end`` records how it finished.
-    """
-
-    def __init__(self, name: str):
-        self.name = name
-        self.state: dict[str, Any] = {}
-        self._cancel = threading.Event()
-        self._store = None
-        self._job_id: str | None = None
-        self._written_at = 0.0
-        self._lock = threading.Lock()
-
-    @property
-    def job_id(self) -> str | None:
-        return self._job_id
-
-    def attach(self, store, kind: str, project: Any, params: dict) -> None:
-        """Record this run as a running job (owner: this process)."""
-        try:
-            job = store.create(kind, project, params)
-            store.start(job.id)
-        except Exception:  # the store is bookkeeping: never fail the tracking for it
-            log.exception("could not record %s as a job", self.name)
-            return
-        with self._lock:
-            self._store, self._job_id = store, job.id
-        self._flush(force=True)
-
-    def progress(self, *, done=None, total=None, failed=None, **extra) -> None:
-        with self._lock:
-            self.state.update({k: v for k, v in dict(done=done, total=total, failed=failed, **extra).items()
-                               if v is not None})
-        self._flush()
-
-    def _flush(self, force: bool = False) -> None:
-        with self._lock:
-            store, job_id, state = self._store, self._job_id, dict(self.state)
-            due = force or time.monotonic() - self._written_at >= _STORE_EVERY
-            if store is None or not due:
-                return
-            self._written_at = time.monotonic()
-        counters = {k: state.pop(k) for k in ("done", "total", "failed") if k in state}
-        try:
-            store.progress(job_id, **counters, **state)
-            if store.cancel_requested(job_id):
-                self._cancel.set()
-        except Exception:
-            log.warning("progress of job %s could not be recorded", job_id, exc_info=True)
-
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def end(self, error: str | None, result: dict | None = None) -> None:
-        """Record how the job ended (no-op for a run that never became a job)."""
-        with self._lock:
-            store, job_id = self._store, self._job_id
-        if store is None:
-            return
-        self._flush(force=True)
-        try:
-            if error is not None:
-                store.fail(job_id, error)
-            else:
-                store.finish(job_id, result or {}, cancelled=self._cancel.is_set())
-        except Exception:
-            log.warning("the end of job %s could not be recorded", job_id, exc_info=True)
-
-
-@dataclass
-class _Run:
-    """One tracking job and what requests need from it."""
-
-    key: tuple
-    task_id: Any
-    job: _RunJob
-    priority: Any
-    accumulator: TrackAccumulator | None = None
-    error: str | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    completed: bool = False  # the job has its final result (set with ``lock`` held)
-    handed_off: bool = False  # a request answered without the final result: the job writes it
-    answered: threading.Event = field(default_factory=threading.Event)  # that request is done with the run
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def claim(self) -> bool:
-        """After waiting: True if the result is final (the request answers with it), else the
-        job is handed off to the background (it writes the result itself when done)."""
-        with self.lock:
-            if self.completed or self.done.is_set():
-                return True
-            self.handed_off = True
-            self.priority = Priority.BACKGROUND
-            return False
-
-    def complete(self) -> bool:
-        """Called by the job at its end; True if it must write the result itself."""
-        with self.lock:
-            self.completed = True
-            return self.handed_off
-
-
-@contextmanager
-def _pinned(path: Path):
-    """A private hard link (or copy) of a media-cache file for the length of a job, so the cache
-    can evict the original meanwhile without pulling the video from under the decoder."""
-    folder = Path(tempfile.mkdtemp(prefix="sam3-video-"))
-    target = folder / ("video" + path.suffix)
-    try:
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copyfile(path, target)
-        yield target
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------- service
 
 
 class VideoService:
@@ -214,13 +80,10 @@ class VideoService:
         self._client_for = client_for or self._project_client
         self.jobs = None
         self.memory = RegionMemory(settings.video_cache_entries)
-        self._engine = None
-        self._engine_lock = threading.Lock()
-        self._infos: OrderedDict[tuple, VideoInfo] = OrderedDict()
-        self._infos_lock = threading.Lock()
-        self._runs: dict[tuple, _Run] = {}
+        self.engines = VideoEngineSource(settings, engine_provider)
+        self._runs: dict[tuple, TrackRun] = {}
         self._runs_lock = threading.Lock()
-        self._queue: list[tuple[_Run, Callable[[], None]]] = []
+        self._queue: list[tuple[TrackRun, Callable[[], None]]] = []
         self._queue_cv = threading.Condition()
         self._worker: threading.Thread | None = None
         self.stats = {"prelabel_tasks": 0, "interactive_requests": 0, "cached_regions": 0, "handed_off": 0,
@@ -230,24 +93,7 @@ class VideoService:
     # ------------------------------------------------------------------ engine
     def engine(self):
         """The video engine over the current image engine's model (built on first use)."""
-        image_engine = self._engine_provider()
-        loaded = getattr(image_engine, "model", None)
-        if loaded is None:
-            raise EngineNotReady(getattr(image_engine, "reason", "the SAM 3 model is still loading; retry in a moment"))
-        with self._engine_lock:
-            if self._engine is None or self._engine.model_version != loaded.version:
-                from .engine.video.models import build_video_models
-                from .engine.video.tracker import Sam3VideoEngine
-
-                s = self.settings
-                self._engine = Sam3VideoEngine(
-                    build_video_models(loaded), image_engine.scheduler,
-                    new_object_threshold=s.video_score_threshold,
-                    detection_threshold=min(0.5, s.video_score_threshold), max_objects=s.video_max_objects,
-                    hotstart_frames=s.video_hotstart_frames,
-                    wait_timeout=getattr(image_engine, "wait_timeout", None),
-                )
-            return self._engine
+        return self.engines.engine()
 
     @property
     def model_version(self) -> str:
@@ -275,39 +121,12 @@ class VideoService:
         client.upsert_prediction(task_id, regions, score=score, **kwargs)
         self._count("background_writes")
 
-    def _hand_off(self, run: "_Run", project: Any, params: dict) -> None:
+    def _hand_off(self, run: "TrackRun", project: Any, params: dict) -> None:
         """The run outlives its request: record it as a job (``GET /jobs``)."""
         if self.jobs is not None:
             from .jobs.handoff import project_id
 
             run.job.attach(self.jobs, KIND, project_id(project, []) or project, {"task": run.task_id, **params})
-
-    def _probe(self, path: Path) -> VideoInfo:
-        from .engine.video.decode import probe_video
-
-        st = path.stat()
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._infos_lock:
-            info = self._infos.get(key)
-        if info is None:
-            info = probe_video(path, max_pixels=self.settings.video_max_pixels)
-            with self._infos_lock:
-                self._infos[key] = info
-                while len(self._infos) > 64:
-                    self._infos.popitem(last=False)
-        return info
-
-    def _video_url(self, task: dict, config: VideoProjectConfig) -> str:
-        data = task.get("data")
-        url = data.get(config.video_value) if isinstance(data, dict) else None
-        if not isinstance(url, str) or not url:
-            raise BadRequest(f"task {task.get('id')} has no video at data.{config.video_value}")
-        return url
-
-    def _plan(self, info: VideoInfo, extra=()):
-        from .engine.video.tracker import plan_frames
-
-        return plan_frames(info, stride=self.settings.video_stride, max_frames=self.settings.video_max_frames, extra=extra)
 
     def _check_rate(self, info: VideoInfo, config: VideoProjectConfig, task_id: Any) -> None:
         if abs(info.fps - config.framerate) > 0.01 * config.framerate and not info.variable_frame_rate:
@@ -360,11 +179,11 @@ class VideoService:
                      "are written into the tasks as predictions when done", later, self.settings.video_deadline)
         return answers
 
-    def _prelabel_run(self, task: dict, config: VideoProjectConfig, version: str, project: Any) -> _Run:
+    def _prelabel_run(self, task: dict, config: VideoProjectConfig, version: str, project: Any) -> TrackRun:
         task_id = task.get("id")
         concepts = tuple(config.concept_text(label) for label in config.labels)
         try:
-            url = self._video_url(task, config)
+            url = video_url(task, config)
         except BackendError as exc:
             return self._failed(("prelabel", task_id), task_id, exc)
         key = ("prelabel", task_id, url, concepts, version)
@@ -372,16 +191,16 @@ class VideoService:
             existing = self._runs.get(key)
             if existing is not None:
                 return existing  # already being tracked (Label Studio asked again): wait for that job
-            run = _Run(key, task_id, _RunJob(f"track task {task_id}"), priority=Priority.BATCH)
+            run = TrackRun(key, task_id, TrackRunJob(f"track task {task_id}"), priority=Priority.BATCH)
             self._runs[key] = run
 
         def work() -> None:
             try:
                 engine = self.engine()
-                with _pinned(self.fetcher.fetch_path(url, task_id, project)) as path:
-                    info = self._probe(path)
+                with pinned(self.fetcher.fetch_path(url, task_id, project)) as path:
+                    info = self.engines.probe(path)
                     self._check_rate(info, config, task_id)
-                    frames = self._plan(info)
+                    frames = self.engines.plan(info)
                     session = engine.text_session(path, info, concepts, frames=frames)
 
                     def name(obj_id: int, concept: int) -> TrackObject:
@@ -406,7 +225,7 @@ class VideoService:
         self._enqueue(run, work)
         return run
 
-    def _finish_prelabel(self, run: _Run, config: VideoProjectConfig, version: str, acc: TrackAccumulator,
+    def _finish_prelabel(self, run: TrackRun, config: VideoProjectConfig, version: str, acc: TrackAccumulator,
                          project: Any) -> None:
         write = run.complete()
         regions = acc.regions(config, self.settings.video_keyframe_tolerance)
@@ -443,53 +262,29 @@ class VideoService:
         for region in query.regions:
             answer = answered.get(region.region_id)
             if answer is not None:
-                regions.append(_with_label(answer, region.label))
+                regions.append(with_label(answer, region.label))
         return prediction(regions, [r["score"] for r in regions], version)
-
-    def _object_prompts(self, task_id: Any, regions: list[VideoRegionPrompt], info: VideoInfo,
-                        config: VideoProjectConfig) -> tuple[list[VideoObjectPrompt], dict[int, VideoRegionPrompt], dict]:
-        """Label Studio regions ↔ engine objects, in one place: object ``i`` is ``regions[i]``;
-        its keyframes (``RegionMemory.prompts``) become (frame index, pixel box) prompts."""
-        last = frames_count(info.duration, config.framerate)
-        objects, by_object, used = [], {}, {}
-        for i, region in enumerate(regions):
-            prompts = self.memory.prompts(task_id, region)
-            keyframes = []
-            for key in prompts:
-                if key.frame > last:
-                    raise BadRequest(
-                        f"region {region.region_id!r} has a keyframe on frame {key.frame}, but the video has {last} frames "
-                        f"at the config's framerate={config.framerate:g} ({info.duration:.2f} s)"
-                    )
-                index = info.index_at(frame_start(key.frame, config.framerate))
-                keyframes.append((index, keyframe_box(key, info.width, info.height, f"keyframe of region {region.region_id!r}")))
-            dedup = {}
-            for index, box in keyframes:
-                dedup[index] = box  # two Label Studio frames on one source frame: the later wins
-            objects.append(VideoObjectPrompt(i, tuple(sorted(dedup.items()))))
-            by_object[i] = region
-            used[region.region_id] = prompts
-        return objects, by_object, used
 
     def _track_regions(self, task: dict, config: VideoProjectConfig, regions: list[VideoRegionPrompt], version: str,
                        deadline: float, project: Any) -> dict[str, dict | None]:
         task_id = task.get("id")
         engine = self.engine()
-        url = self._video_url(task, config)
-        pin = _pinned(self.fetcher.fetch_path(url, task_id, project))
+        url = video_url(task, config)
+        pin = pinned(self.fetcher.fetch_path(url, task_id, project))
         path = pin.__enter__()
         try:
-            info = self._probe(path)
+            info = self.engines.probe(path)
             self._check_rate(info, config, task_id)
-            objects, by_object, prompts = self._object_prompts(task_id, regions, info, config)
-            frames = self._plan(info, extra=[k for o in objects for k, _ in o.keyframes])
+            objects, by_object, prompts = object_prompts(regions, info, config,
+                                                        lambda region: self.memory.prompts(task_id, region))
+            frames = self.engines.plan(info, extra=[k for o in objects for k, _ in o.keyframes])
             session = engine.box_session(path, info, objects, frames=frames)
         except BaseException:
             pin.__exit__(None, None, None)
             raise
         named = {i: TrackObject(r.region_id, r.label) for i, r in by_object.items()}
-        run = _Run(("interactive", task_id, time.monotonic()), task_id, _RunJob(f"track regions of task {task_id}"),
-                   priority=Priority.INTERACTIVE)
+        run = TrackRun(("interactive", task_id, time.monotonic()), task_id,
+                       TrackRunJob(f"track regions of task {task_id}"), priority=Priority.INTERACTIVE)
         run.accumulator = TrackAccumulator(info, frames, lambda obj_id, _: named[obj_id], named)
         partial: dict[str, dict | None] = {}
 
@@ -533,7 +328,7 @@ class VideoService:
                      run.accumulator.frames_done, len(frames), version, TRACKS_SUFFIX)
         return out
 
-    def _finish_interactive(self, run: _Run, config: VideoProjectConfig, version: str, acc: TrackAccumulator,
+    def _finish_interactive(self, run: TrackRun, config: VideoProjectConfig, version: str, acc: TrackAccumulator,
                             partial: dict[str, dict | None], project: Any) -> None:
         regions = acc.regions(config, self.settings.video_keyframe_tolerance)
         for region in regions:
@@ -548,14 +343,14 @@ class VideoService:
             log.error("task %s: %s", run.task_id, run.error)
 
     # ------------------------------------------------------------------ runs
-    def _failed(self, key: tuple, task_id: Any, exc: Exception) -> _Run:
-        run = _Run(key, task_id, _RunJob("failed"), priority=Priority.BATCH, error=str(exc))
+    def _failed(self, key: tuple, task_id: Any, exc: Exception) -> TrackRun:
+        run = TrackRun(key, task_id, TrackRunJob("failed"), priority=Priority.BATCH, error=str(exc))
         self._count("task_errors")
         log.error("task %s: %s", task_id, exc)
         run.done.set()
         return run
 
-    def _close(self, run: _Run) -> None:
+    def _close(self, run: TrackRun) -> None:
         frames = run.accumulator.frames_done if run.accumulator is not None else 0
         run.job.end(run.error, {"task": run.task_id, "frames": frames})
         run.done.set()
@@ -563,7 +358,7 @@ class VideoService:
             if self._runs.get(run.key) is run:
                 del self._runs[run.key]
 
-    def _enqueue(self, run: _Run, work: Callable[[], None]) -> None:
+    def _enqueue(self, run: TrackRun, work: Callable[[], None]) -> None:
         """Prelabel jobs run one at a time on one worker thread, in order."""
         with self._queue_cv:
             self._queue.append((run, work))
@@ -582,16 +377,6 @@ class VideoService:
                         return
                 run, work = self._queue.pop(0)
             work()
-
-
-def _with_label(region: dict, label: str | None) -> dict:
-    """The region with the request's label (the editor puts the active label over it anyway)."""
-    value = dict(region["value"])
-    if label is None:
-        value.pop("labels", None)
-    else:
-        value["labels"] = [label]
-    return {**region, "value": value}
 
 
 __all__ = ["KIND", "RegionMemory", "TRACKS_SUFFIX", "VideoService"]

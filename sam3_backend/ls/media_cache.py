@@ -1,15 +1,19 @@
-"""The bounded on-disk LRU cache that downloaded task media land in (``MODEL_DIR/media-cache``)."""
+"""The bounded on-disk LRU cache that downloaded task media land in (``MODEL_DIR/media-cache``),
+and ``pinned``: a cached file held for the length of a job while the cache evicts."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO
 from collections.abc import Callable
+from contextlib import contextmanager
 
 _STALE_PART_SECONDS = 3600  # .part files older than this were left by a crashed process
 
@@ -85,4 +89,20 @@ class DiskCache:
         return evicted
 
 
-__all__ = ["DiskCache"]
+@contextmanager
+def pinned(path: Path):
+    """A private hard link (or copy) of a media-cache file for the length of a job, so the cache
+    can evict the original meanwhile without pulling the video from under the decoder."""
+    folder = Path(tempfile.mkdtemp(prefix="sam3-video-"))
+    target = folder / ("video" + path.suffix)
+    try:
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copyfile(path, target)
+        yield target
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+__all__ = ["DiskCache", "pinned"]

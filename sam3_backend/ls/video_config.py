@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from ..errors import UnsupportedConfig
+from ..errors import BadRequest, UnsupportedConfig
 from .label_config import ControlTag, ImageProjectConfig, _read_config, parse_label_config
 
 DEFAULT_FRAMERATE = 24.0  # Label Studio's <Video framerate> default
@@ -165,10 +165,20 @@ def parse_project_config(xml: str) -> ImageProjectConfig | VideoProjectConfig:
     return parse_label_config(xml)
 
 
+def video_url(task: dict, config: VideoProjectConfig) -> str:
+    """The task's video URL, at ``data.<value of the config's <Video>>``."""
+    data = task.get("data")
+    url = data.get(config.video_value) if isinstance(data, dict) else None
+    if not isinstance(url, str) or not url:
+        raise BadRequest(f"task {task.get('id')} has no video at data.{config.video_value}")
+    return url
+
+
 __all__ = [
     "DEFAULT_FRAMERATE",
     "VideoProjectConfig",
     "is_video_config",
     "parse_project_config",
     "parse_video_config",
+    "video_url",
 ]

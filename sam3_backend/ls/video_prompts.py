@@ -17,11 +17,13 @@ off. Every keyframe of a region is a box prompt for that object. Submit sends ``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import BadRequest
-from ..types import Box
+from ..types import Box, VideoInfo, VideoObjectPrompt
 from .video_config import VideoProjectConfig
+from .video_results import frame_start, frames_count
 
 MAX_KEYFRAMES_PER_REGION = 10_000
 
@@ -198,5 +200,33 @@ def keyframe_box(key: Keyframe, width: int, height: int, what: str = "keyframe")
     return Box(x0, y0, x1, y1)
 
 
+def object_prompts(regions: list[VideoRegionPrompt], info: VideoInfo, config: VideoProjectConfig,
+                   prompts_of: Callable[[VideoRegionPrompt], tuple[Keyframe, ...]],
+                   ) -> tuple[list[VideoObjectPrompt], dict[int, VideoRegionPrompt], dict]:
+    """Label Studio regions ↔ engine objects, in one place: object ``i`` is ``regions[i]``;
+    its keyframes (``prompts_of(region)``: ``RegionMemory.prompts``) become (frame index, pixel
+    box) prompts. Returns the objects, region by object, and the keyframes used per region id."""
+    last = frames_count(info.duration, config.framerate)
+    objects, by_object, used = [], {}, {}
+    for i, region in enumerate(regions):
+        prompts = prompts_of(region)
+        keyframes = []
+        for key in prompts:
+            if key.frame > last:
+                raise BadRequest(
+                    f"region {region.region_id!r} has a keyframe on frame {key.frame}, but the video has {last} frames "
+                    f"at the config's framerate={config.framerate:g} ({info.duration:.2f} s)"
+                )
+            index = info.index_at(frame_start(key.frame, config.framerate))
+            keyframes.append((index, keyframe_box(key, info.width, info.height, f"keyframe of region {region.region_id!r}")))
+        dedup = {}
+        for index, box in keyframes:
+            dedup[index] = box  # two Label Studio frames on one source frame: the later wins
+        objects.append(VideoObjectPrompt(i, tuple(sorted(dedup.items()))))
+        by_object[i] = region
+        used[region.region_id] = prompts
+    return objects, by_object, used
+
+
 __all__ = ["Keyframe", "MAX_KEYFRAMES_PER_REGION", "VideoQuery", "VideoRegionPrompt", "keyframe_box",
-           "parse_video_context"]
+           "object_prompts", "parse_video_context"]

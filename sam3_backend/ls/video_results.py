@@ -218,6 +218,16 @@ def interpolated_rect(sequence: Sequence[dict], frame: int) -> tuple[float, floa
     return tuple(prev[k] + (next_[k] - prev[k]) * r for k in ("x", "y", "width", "height"))  # type: ignore[return-value]
 
 
+def with_label(region: dict, label: str | None) -> dict:
+    """The region with the request's label (the editor puts the active label over it anyway)."""
+    value = dict(region["value"])
+    if label is None:
+        value.pop("labels", None)
+    else:
+        value["labels"] = [label]
+    return {**region, "value": value}
+
+
 __all__ = [
     "Track",
     "TrackSample",
@@ -230,4 +240,5 @@ __all__ = [
     "sparsify",
     "stable_region_id",
     "track_sequence",
+    "with_label",
 ]
