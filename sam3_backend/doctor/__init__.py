@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .config import Settings
-from .errors import BackendError, ModelLoadError
+from ..config import Settings
+from ..errors import BackendError, ModelLoadError
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 GB = 1024**3
@@ -205,7 +205,7 @@ class Doctor:
     # -- weights -----------------------------------------------------------------------------
 
     def check_weights(self) -> Check:
-        from .engine.weights import download_plan, find_weights, hub_offline, summarize_checkpoint
+        from ..engine.weights import download_plan, find_weights, hub_offline, summarize_checkpoint
 
         name = self.settings.sam3_model
         try:
@@ -266,7 +266,7 @@ class Doctor:
     def check_device(self) -> Check:
         import torch
 
-        from .engine.loading import resolve_device, resolve_dtype
+        from ..engine.loading import resolve_device, resolve_dtype
 
         gpu_fix = (
             "make the GPU visible: the NVIDIA driver on the host, and in Docker the NVIDIA Container Toolkit plus a "
@@ -322,7 +322,7 @@ class Doctor:
         return Check(name, OK, f"{path}: {_gb(free)} free{'' if writable else ' (read-only)'}")
 
     def check_disk(self) -> list[Check]:
-        from .engine.weights import hub_cache_dir
+        from ..engine.weights import hub_cache_dir
 
         s = self.settings
         out = [self._disk("disk: MODEL_DIR", s.model_dir, s.media_cache_mb * MB + 256 * MB,
@@ -376,7 +376,7 @@ class Doctor:
 
     def _auth(self):
         """The Authorization the backend sends to LABEL_STUDIO_URL (legacy token or personal access token)."""
-        from .ls.ls_auth import LabelStudioAuth
+        from ..ls.ls_auth import LabelStudioAuth
 
         def post(target: str, **kwargs) -> requests.Response:
             return requests.post(target, **kwargs)
@@ -445,8 +445,8 @@ class Doctor:
         return None
 
     def check_media(self) -> Check:
-        from .ls.images import load_image
-        from .ls.media import MediaFetcher
+        from ..ls.images import load_image
+        from ..ls.media import MediaFetcher
 
         if not self._token_ok:
             return Check("media", SKIP, "needs a reachable Label Studio and an accepted LABEL_STUDIO_API_KEY")
