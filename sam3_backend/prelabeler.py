@@ -22,7 +22,7 @@ from typing import Any
 from .config import Settings
 from .engine.scheduler import Priority, SchedulerTimeout
 from .errors import BackendError, BadRequest, EngineNotReady
-from .ls.label_config import ImageProjectConfig
+from .ls.label_config import ImageProjectConfig, task_media_url
 from .ls.media import MediaFetcher
 from .ls.results import encode_regions, prediction
 from .types import ConceptPrompt, ImageInput, Instance
@@ -53,11 +53,8 @@ class TaskOutcome:
 
 
 def image_url(task: dict, config: ImageProjectConfig) -> str:
-    data = task.get("data")
-    url = data.get(config.image_value) if isinstance(data, dict) else None
-    if not isinstance(url, str) or not url:
-        raise BadRequest(f"task {task.get('id')} has no image at data.{config.image_value}")
-    return url
+    """The task's image URL, at ``data.<value of the config's <Image>>``."""
+    return task_media_url(task, config.image_value, "image")
 
 
 def encode_prediction(instances: Sequence[Instance], labels: Sequence[str | None], config: ImageProjectConfig,

@@ -34,7 +34,7 @@ from functools import lru_cache
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from ..errors import UnsupportedConfig
+from ..errors import BadRequest, UnsupportedConfig
 
 # Label Studio tag names are case-insensitive in the editor; we report them in this spelling.
 _CANONICAL_KINDS = {
@@ -113,8 +113,38 @@ class ControlTag:
         return self.kind.endswith("Labels")
 
 
+class _LabelledProject:
+    """What image and video project configs share: labels as concepts, controls by name."""
+
+    concept_texts: tuple[tuple[str, str], ...]
+    controls: tuple[ControlTag, ...]
+
+    def concept_text(self, label: str) -> str:
+        """The noun phrase sent to SAM 3 for ``label``: ``sam3_prompt``, else the label's value."""
+        for known, text in self.concept_texts:
+            if known == label:
+                return text
+        return label
+
+    def control(self, name: str) -> ControlTag | None:
+        """The control on this project's object called ``name``, or None."""
+        for tag in self.controls:
+            if tag.name == name:
+                return tag
+        return None
+
+
+def task_media_url(task: dict, field_name: str, kind: str) -> str:
+    """The URL at ``task["data"][field_name]`` (the config's ``$field``); BadRequest when missing."""
+    data = task.get("data")
+    url = data.get(field_name) if isinstance(data, dict) else None
+    if not isinstance(url, str) or not url:
+        raise BadRequest(f"task {task.get('id')} has no {kind} at data.{field_name}")
+    return url
+
+
 @dataclass(frozen=True)
-class ImageProjectConfig:
+class ImageProjectConfig(_LabelledProject):
     """What the backend needs to know about an image project. Build with ``parse_label_config``.
 
     image_name: the ``<Image name>``, ``to_name`` of every result. image_value: the task data key
@@ -139,20 +169,6 @@ class ImageProjectConfig:
     controls: tuple[ControlTag, ...] = ()
     # (label, concept text) pairs; a tuple keeps the dataclass hashable.
     concept_texts: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-
-    def concept_text(self, label: str) -> str:
-        """The noun phrase sent to SAM 3 for ``label``: ``sam3_prompt``, else the label's value."""
-        for known, text in self.concept_texts:
-            if known == label:
-                return text
-        return label
-
-    def control(self, name: str) -> ControlTag | None:
-        """The control on this image called ``name``, or None."""
-        for tag in self.controls:
-            if tag.name == name:
-                return tag
-        return None
 
     @property
     def outputs(self) -> tuple[ControlTag, ...]:
@@ -336,4 +352,4 @@ def parse_label_config(xml: str) -> ImageProjectConfig:
     )
 
 
-__all__ = ["ControlTag", "ImageProjectConfig", "PROMPT_ATTRIBUTE", "parse_label_config"]
+__all__ = ["ControlTag", "ImageProjectConfig", "PROMPT_ATTRIBUTE", "parse_label_config", "task_media_url"]

@@ -136,6 +136,21 @@ def _texts(value: object, what: str) -> list[str]:
     return [item.strip() for item in value if item.strip()]
 
 
+def context_results(context: object) -> list | None:
+    """``params.context.result`` of a ``/predict`` call: None for a batch request (no context),
+    the regions otherwise (``[]`` after Submit); BadRequest when it is not shaped like that."""
+    if context is None:
+        return None
+    if not isinstance(context, dict):
+        raise BadRequest(f"params.context must be an object with a 'result' list, got {type(context).__name__}")
+    results = context.get("result")
+    if results is None:
+        return []
+    if not isinstance(results, list):
+        raise BadRequest("params.context.result must be a list of regions")
+    return results
+
+
 def parse_context(context: dict | None, config: ImageProjectConfig) -> InteractiveQuery | None:
     """Parse ``params.context`` of a ``/predict`` call.
 
@@ -143,15 +158,9 @@ def parse_context(context: dict | None, config: ImageProjectConfig) -> Interacti
     ``{"result": []}`` (sent after Submit). Raises ``BadRequest`` for regions from controls that
     are not on the project's image, unknown region types, and malformed values.
     """
-    if context is None:
-        return None
-    if not isinstance(context, dict):
-        raise BadRequest(f"params.context must be an object with a 'result' list, got {type(context).__name__}")
-    results = context.get("result")
+    results = context_results(context)
     if results is None:
-        results = []
-    if not isinstance(results, list):
-        raise BadRequest("params.context.result must be a list of regions")
+        return None
 
     keypoints: list[tuple[str | None, KeypointPrompt]] = []
     rectangles: list[tuple[str | None, RectanglePrompt]] = []
@@ -333,6 +342,7 @@ __all__ = [
     "KeypointPrompt",
     "MAX_TEXT_CHARS",
     "RectanglePrompt",
+    "context_results",
     "parse_context",
     "to_engine_prompts",
 ]

@@ -23,8 +23,15 @@ import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from ..errors import BadRequest, UnsupportedConfig
-from .label_config import ControlTag, ImageProjectConfig, _read_config, parse_label_config
+from ..errors import UnsupportedConfig
+from .label_config import (
+    ControlTag,
+    ImageProjectConfig,
+    _LabelledProject,
+    _read_config,
+    parse_label_config,
+    task_media_url,
+)
 
 DEFAULT_FRAMERATE = 24.0  # Label Studio's <Video framerate> default
 
@@ -36,7 +43,7 @@ _EXAMPLE = (
 
 
 @dataclass(frozen=True)
-class VideoProjectConfig:
+class VideoProjectConfig(_LabelledProject):
     """What the backend needs to know about a video project. Build with ``parse_video_config``.
 
     video_name: the ``<Video name>``, ``to_name`` of every result. video_value: the task data key
@@ -55,19 +62,6 @@ class VideoProjectConfig:
     region_labels: ControlTag | None = None
     controls: tuple[ControlTag, ...] = ()
     concept_texts: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-
-    def concept_text(self, label: str) -> str:
-        """The noun phrase sent to SAM 3 for ``label``: ``sam3_prompt``, else the label's value."""
-        for known, text in self.concept_texts:
-            if known == label:
-                return text
-        return label
-
-    def control(self, name: str) -> ControlTag | None:
-        for tag in self.controls:
-            if tag.name == name:
-                return tag
-        return None
 
 
 def _framerate(raw: str | None, video: str) -> float:
@@ -167,11 +161,7 @@ def parse_project_config(xml: str) -> ImageProjectConfig | VideoProjectConfig:
 
 def video_url(task: dict, config: VideoProjectConfig) -> str:
     """The task's video URL, at ``data.<value of the config's <Video>>``."""
-    data = task.get("data")
-    url = data.get(config.video_value) if isinstance(data, dict) else None
-    if not isinstance(url, str) or not url:
-        raise BadRequest(f"task {task.get('id')} has no video at data.{config.video_value}")
-    return url
+    return task_media_url(task, config.video_value, "video")
 
 
 __all__ = [

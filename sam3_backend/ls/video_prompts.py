@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..errors import BadRequest
 from ..types import Box, VideoInfo, VideoObjectPrompt
+from .prompts import context_results
 from .video_config import VideoProjectConfig
 from .video_results import frame_start, frames_count
 
@@ -123,15 +124,9 @@ def parse_video_context(context: object, config: VideoProjectConfig) -> VideoQue
     Raises ``BadRequest`` for regions of another control or object, malformed keyframes and
     result types that cannot be prompts.
     """
-    if context is None:
-        return None
-    if not isinstance(context, dict):
-        raise BadRequest(f"params.context must be an object with a 'result' list, got {type(context).__name__}")
-    results = context.get("result")
+    results = context_results(context)
     if results is None:
-        results = []
-    if not isinstance(results, list):
-        raise BadRequest("params.context.result must be a list of regions")
+        return None
 
     regions: list[VideoRegionPrompt] = []
     seen: set[str] = set()
