@@ -96,22 +96,21 @@ def versions():
     return jsonify(_training().listing(_project_arg(request.args.get("project"))))
 
 
-@bp.get("/versions/<version_id>")
-def version_report(version_id: str):
+def _version(version_id: str):
     try:
-        info = _training().versions.get(version_id)
+        return _training().versions.get(version_id)
     except VersionError as exc:
         raise NotFound(str(exc)) from None
-    return jsonify(info.report)
+
+
+@bp.get("/versions/<version_id>")
+def version_report(version_id: str):
+    return jsonify(_version(version_id).report)
 
 
 @bp.get("/versions/<version_id>/plot.png")
 def version_plot(version_id: str):
-    try:
-        info = _training().versions.get(version_id)
-    except VersionError as exc:
-        raise NotFound(str(exc)) from None
-    path = info.path / PLOT
+    path = _version(version_id).path / PLOT
     if not path.is_file():
         raise NotFound(f"version {version_id} has no plot")
     return Response(path.read_bytes(), mimetype="image/png")
