@@ -84,3 +84,10 @@ def test_the_import_guard_sees_every_spelling(tmp_path):
         probe.write_text(code + "\n")
         names = imported_modules(probe, tmp_path / "sam3_backend")
         assert any(n == "sam3_backend.ls" or n.startswith("sam3_backend.ls.") for n in names), (code, names)
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test modules by basename (no packages under tests/): two files with one
+    name break collection of the whole suite, which running folders one at a time never shows."""
+    names = [p.name for p in (PACKAGE.parent / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -1,6 +1,6 @@
 """`sam3-backend doctor` and the weights resolution it shares with `serve`, on real files, real
 servers on 127.0.0.1 and the tiny model. The checks against a real Label Studio are in
-tests/e2e/test_doctor.py."""
+tests/e2e/test_doctor_live.py."""
 
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ def backend(label_studio, backend_cli, tmp_path_factory):
             "SAM3_VIDEO_MAX_OBJECTS": "3",
             "SAM3_DEVICE": os.environ.get("SAM3_E2E_DEVICE", "cpu"),
             "LOG_LEVEL": "INFO",
-            # Fine-tuning (test_training.py): a few images and steps; every version is promoted.
+            # Fine-tuning (test_training_live.py): a few images and steps; every version is promoted.
             "TRAIN_MIN_IMAGES": "4",
             "TRAIN_STEPS": "10",
             "TRAIN_PROMOTION_MARGIN": "-1",
