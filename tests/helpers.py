@@ -104,3 +104,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_perturbed_version(store, scope: str, loaded, *, scale: float = 0.3, seed: int = 0) -> str:
+    """Save and serve a "fine-tuned" version of ``scope`` whose delta perturbs every DETR decoder
+    tensor of ``loaded`` (a ``LoadedSam3``): its scores and boxes differ from the base model's.
+    Returns the version id."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    decoder = loaded.detector.detr_decoder.state_dict()
+    delta = {f"detr_decoder.{k}": v.float() + scale * torch.randn(v.shape, generator=gen)
+             for k, v in decoder.items() if v.is_floating_point()}
+    info = store.save(scope, delta, {"base_version": loaded.version})
+    store.set_served(scope, info.id, reason="test", base_version=loaded.version)
+    return info.id

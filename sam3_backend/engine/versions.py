@@ -219,10 +219,39 @@ class VersionStore:
 
         info = self.get(version_id)
         with safe_open(str(info.path / WEIGHTS), framework="pt", device="cpu") as f:
-            made_for = (f.metadata() or {}).get("base_version", "")
-            if base_version is not None and made_for != base_version:
-                raise VersionError(f"version {version_id} was trained on {made_for!r}, not on the served {base_version!r}")
+            _check_base(version_id, (f.metadata() or {}).get("base_version", ""), base_version)
             return {k: f.get_tensor(k) for k in f.keys()}
+
+    def delta_bytes(self, version_id: str, base_version: str | None = None) -> bytes:
+        """The version's safetensors file, whole, for a worker that has no access to this
+        ``MODEL_DIR`` (a Ray actor on another machine); checks the base it was made for."""
+        from safetensors import safe_open
+
+        path = self.get(version_id).path / WEIGHTS
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            _check_base(version_id, (f.metadata() or {}).get("base_version", ""), base_version)
+        return path.read_bytes()
+
+
+def _check_base(version_id: str, made_for: str, base_version: str | None) -> None:
+    if base_version is not None and made_for != base_version:
+        raise VersionError(f"version {version_id} was trained on {made_for!r}, not on the served {base_version!r}")
+
+
+def tensors_from_bytes(data: bytes) -> dict:
+    """A delta shipped by ``VersionStore.delta_bytes``, parsed by safetensors (never pickle)."""
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def serve_delta(base, version_id: str, tensors: dict):
+    """``base`` (an image engine) serving fine-tuned ``version_id`` from its delta ``tensors``:
+    a new engine sharing the base's tracker, scheduler and caches; ``base`` is not modified."""
+    from .training.weights import patched_detector
+
+    detector = patched_detector(base.model.detector, tensors)
+    return base.with_detector(detector, model_version(base.model.backbone_version, version_id))
 
 
 @dataclass
@@ -285,12 +314,7 @@ class ServedModels:
         if version is None:
             return _Served(signature, base, base, None)
         try:
-            from .training.weights import patched_detector
-
-            base_version = base.model.backbone_version
-            tensors = self.store.load_delta(version, base_version)
-            detector = patched_detector(base.model.detector, tensors)
-            engine = base.with_detector(detector, model_version(base_version, version))
+            engine = serve_delta(base, version, self.store.load_delta(version, base.model.backbone_version))
             log.info("%s: serving %s", scope, engine.model_version)
             return _Served(signature, base, engine, version)
         except Exception as exc:  # a broken version must not take serving down: base model, loudly

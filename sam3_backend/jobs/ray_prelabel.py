@@ -6,6 +6,11 @@ same ``ConceptPrelabeler`` as ``/predict``: it fetches its tasks' images from La
 as JSON, or the failure reason). The driver (the job, on the machine that started it) writes
 the predictions back, so Label Studio sees one writer and the job's no-duplicate checks hold.
 
+Fine-tuned versions: when the project serves one, the driver reads its delta (safetensors,
+checked against the base checkpoint) and ships the bytes with the actor's spec, so actors on
+machines without this ``MODEL_DIR`` predict with the same version, and the job's
+``model_version`` names it.
+
 Sizing: one actor per GPU (``num_gpus`` per actor, SAM3_RAY_GPUS_PER_ACTOR) when the cluster has
 GPUs, else SAM3_RAY_ACTORS actors of SAM3_RAY_CPUS_PER_ACTOR CPUs each (default 1). Fault
 tolerance: a dead actor is restarted (``max_restarts``) and the batches it held are retried
@@ -23,9 +28,10 @@ import re
 import socket
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import Settings
+from ..engine.versions import VersionStore, model_version
 from ..errors import BackendError
 from ..ls.client import ApiAccess, TaskRef
 from ..prelabeler import TaskOutcome
@@ -49,6 +55,8 @@ class ActorSpec:
     settings: dict
     connection: ApiAccess
     cpus: float = 1.0
+    version: str | None = None  # the fine-tuned version to serve (None: the base model) ...
+    delta: bytes | None = field(default=None, repr=False)  # ... and its safetensors file
 
 
 class PrelabelActor:
@@ -67,6 +75,10 @@ class PrelabelActor:
         settings = Settings(**spec.settings)
         loaded = load_sam3(ModelSource(spec.model, token=spec.hf_token), spec.device, spec.dtype)
         engine = Sam3ImageEngine(loaded, feature_cache_bytes=64 << 20)  # each image is seen once
+        if spec.version is not None:
+            from ..engine.versions import serve_delta, tensors_from_bytes
+
+            engine = serve_delta(engine, spec.version, tensors_from_bytes(spec.delta))
         self.prelabeler = job_prelabeler(settings, engine, spec.connection)
         self.config = parse_label_config(config_xml)
         self.labels = labels
@@ -109,22 +121,34 @@ class RayPredictor:
         self._model_version: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, connection: ApiAccess, *,
-                      actors: int | None = None) -> RayPredictor:
+    def from_settings(cls, settings: Settings, connection: ApiAccess, *, actors: int | None = None,
+                      served: str | None = None, versions: VersionStore | None = None) -> RayPredictor:
+        """``served``: the fine-tuned version the project serves, read from ``versions``."""
         spec = ActorSpec(model=settings.sam3_model, hf_token=settings.hf_token, device=settings.device,
                          dtype=settings.dtype, settings={k: getattr(settings, k) for k in _ACTOR_SETTINGS},
                          connection=connection, cpus=settings.ray_cpus_per_actor)
-        return cls(spec, address=settings.ray_address, actors=actors or settings.ray_actors or None,
-                   gpus_per_actor=settings.ray_gpus_per_actor)
+        predictor = cls(spec, address=settings.ray_address, actors=actors or settings.ray_actors or None,
+                        gpus_per_actor=settings.ray_gpus_per_actor)
+        if served is not None:
+            if versions is None:
+                raise ValueError("a served version needs the VersionStore it is in")
+            delta = versions.delta_bytes(served, predictor.base_version)  # VersionError: another base
+            predictor.spec = replace(spec, version=served, delta=delta)
+        return predictor
 
     @property
-    def model_version(self) -> str:
-        """From the checkpoint's files, without loading it (the actors load it)."""
+    def base_version(self) -> str:
+        """The checkpoint's version, from its files, without loading it (the actors load it)."""
         if self._model_version is None:
             from ..engine.loading import ModelSource, model_version
 
             self._model_version = model_version(ModelSource(self.spec.model, token=self.spec.hf_token))
         return self._model_version
+
+    @property
+    def model_version(self) -> str:
+        """What the actors' predictions carry: the base's, or ``<base>+<fine-tuned version>``."""
+        return model_version(self.base_version, self.spec.version)
 
     def close(self) -> None:
         """Nothing to release: the actors end with the dataset."""

@@ -3,6 +3,10 @@
 Shared by the HTTP API (``jobs.http``), the /predict deadline hand-off (``jobs.handoff``) and the
 CLI, so a job started any of these ways runs the same code. The Label Studio connection (URL +
 key) is always passed in explicitly: it can differ per project or per request.
+
+A prelabel job predicts with the version its project serves when the job starts (a fine-tuned
+one after a promotion, see ``engine.versions``), in this process and on Ray actors alike, and its
+predictions carry that version's ``model_version``.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from collections.abc import Callable
 from functools import partial
 
 from ..config import Settings
+from ..engine.versions import ServedModels, VersionStore, model_version
 from ..errors import BadRequest
 from ..ls.client import LabelStudioClient, ApiAccess
 from .executor import InProcessExecutor, JobContext
 from .prelabel import KIND, LocalPredictor, PrelabelParams, job_prelabeler, run_prelabel
 from .store import Job, JobNotFound, JobStore
+from .train import scope_of
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +43,12 @@ class JobsRuntime:
                  executor=None, ls_backoff: float = 1.0, model_version: Callable[[], str] | None = None,
                  engine_for: Callable[[object, object], object] | None = None):
         self.settings = settings
+        self.versions = VersionStore(settings.versions_dir)
+        if engine_for is None:  # the CLI: follow MODEL_DIR's served versions like the server does
+            served = ServedModels(self.versions, settings.served_versions_max)
+            engine_for = lambda project, engine: served.engine_for(scope_of(project), engine)  # noqa: E731
         self._engine_for = engine_for  # (project, base engine) → the engine the project serves (fine-tuning)
-        self._model_version = model_version  # known without loading the model (the CLI); else the engine's
+        self._model_version = model_version  # the base's, known without loading the model (the CLI)
         self.store = store or JobStore(settings.jobs_db)
         self.executor = executor or InProcessExecutor(self.store, workers=settings.jobs_workers)
         self._engine = engine
@@ -49,19 +59,24 @@ class JobsRuntime:
         return LabelStudioClient(connection, timeout=self.settings.label_studio_timeout,
                                  retries=self.settings.label_studio_retries, backoff=self._ls_backoff)
 
+    def served_version(self, project) -> str | None:
+        """The fine-tuned version ``project`` serves (None: the base model)."""
+        return self.versions.served(scope_of(project))
+
     def predictor(self, params: PrelabelParams, connection: ApiAccess):
+        served = self.served_version(params.project)
         if params.ray:
             from .ray_prelabel import RayPredictor
 
-            return RayPredictor.from_settings(self.settings, connection, actors=params.actors)
-        version = self._model_version() if self._model_version else None
+            return RayPredictor.from_settings(self.settings, connection, actors=params.actors,
+                                              served=served, versions=self.versions)
+        version = model_version(self._model_version(), served) if self._model_version else None
         return LocalPredictor(lambda: job_prelabeler(self.settings, self._project_engine(params.project), connection),
                               model_version=version)
 
     def _project_engine(self, project):
         """The engine for a job of ``project``: its fine-tuned version when one is served."""
-        engine = self._engine()
-        return self._engine_for(project, engine) if self._engine_for is not None else engine
+        return self._engine_for(project, self._engine())
 
     def prelabel(self, params: PrelabelParams, connection: ApiAccess | None, *, exclusive: bool = True,
                  resumed_from: str | None = None) -> Job:

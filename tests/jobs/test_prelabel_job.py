@@ -221,3 +221,39 @@ def test_exclusive_prelabel_refuses_a_second_job_for_the_project(runtime, connec
     runtime.store.cancel(first.id)
     assert runtime.executor.wait_idle(30)
     assert FULL_CONFIG  # the fixture project uses the shared full config
+
+
+def _file_number(path: str) -> int:
+    return int(path.rsplit("img", 1)[1].split(".")[0])
+
+
+def _scores(api, task_id) -> list[float]:
+    (pred,) = [p for p in api.predictions_of(task_id)]
+    return sorted(round(r["score"], 4) for r in pred["result"] if r["type"] == "rectanglelabels")
+
+
+def test_a_project_serving_a_fine_tuned_version_is_prelabeled_with_it(job_settings, engine, loaded_model, connection,
+                                                                       fake_api, image_project):
+    """The CLI's runtime (no server, the base version known from the files) follows MODEL_DIR's
+    served versions: the job predicts with the promoted delta and tags the predictions with it."""
+    from helpers import serve_perturbed_version
+    from sam3_backend.engine.versions import VersionStore
+    from sam3_backend.jobs.runtime import JobsRuntime
+
+    project, tasks = image_project
+    other = fake_api.add_project(FULL_CONFIG)  # the same images, in a project that serves the base model
+    twins = [fake_api.add_task(other, {"image": path}) for path in sorted(fake_api.state.files, key=_file_number)]
+    version = serve_perturbed_version(VersionStore(job_settings.versions_dir), f"project-{project}", loaded_model)
+    tuned = f"{engine.model_version}+{version}"
+    rt = JobsRuntime(job_settings, engine=lambda: engine, ls_backoff=0.01, model_version=lambda: engine.model_version)
+    try:
+        job = _run(rt, connection, project=project)
+        base = _run(rt, connection, project=other)
+    finally:
+        rt.shutdown(timeout=5)
+    assert job.state == JobState.DONE and base.state == JobState.DONE, (job.reason, base.reason)
+    assert job.result["model_version"] == tuned and base.result["model_version"] == engine.model_version
+    assert all(_versions(fake_api, t) == [tuned] for t in tasks)
+    assert all(_versions(fake_api, t) == [engine.model_version] for t in twins)
+    differ = sum(_scores(fake_api, a) != _scores(fake_api, b) for a, b in zip(tasks, twins))
+    assert differ == len(tasks), "the fine-tuned detector was not used"

@@ -159,3 +159,29 @@ def test_actors_that_cannot_load_the_model_fail_the_job_once_with_the_reason(
     assert failed.state == JobState.FAILED
     assert failed.reason.startswith("the Ray model actors failed: ") and "ModelLoadError" in failed.reason, failed.reason
     assert "\x1b[" not in failed.reason and "Traceback" not in failed.reason
+
+
+def test_actors_predict_with_the_fine_tuned_version_the_project_serves(
+        ray_runtime, runtime, loaded_model, engine, connection, fake_api, image_project):
+    """The version's delta travels to the actors with their spec (no shared MODEL_DIR needed):
+    the Ray job's predictions carry the fine-tuned version and equal the in-process job's."""
+    from helpers import serve_perturbed_version
+
+    project, tasks = image_project
+    twin = fake_api.add_project(fake_api.state.projects[project]["label_config"])
+    twins = [fake_api.add_task(twin, fake_api.state.tasks[t]["data"]) for t in tasks]
+    for rt, proj in ((ray_runtime, project), (runtime, twin)):  # the same delta (seed) in both scopes
+        version = serve_perturbed_version(rt.versions, f"project-{proj}", loaded_model, seed=7)
+    tuned = f"{engine.model_version}+project-{project}-v1"
+    on_ray = ray_runtime.prelabel(PrelabelParams(project=project, ray=True, actors=1), connection)
+    assert ray_runtime.executor.wait_idle(180)
+    local = runtime.prelabel(PrelabelParams(project=twin), connection)
+    assert runtime.executor.wait_idle(60)
+    on_ray, local = ray_runtime.store.get(on_ray.id), runtime.store.get(local.id)
+    assert on_ray.state == local.state == JobState.DONE, (on_ray.reason, local.reason)
+    assert on_ray.result["model_version"] == tuned and version == f"project-{twin}-v1"
+    for a, b in zip(tasks, twins):
+        (ray_pred,), (local_pred,) = fake_api.predictions_of(a), fake_api.predictions_of(b)
+        assert ray_pred["model_version"] == tuned
+        assert [r["score"] for r in ray_pred["result"]] == pytest.approx([r["score"] for r in local_pred["result"]],
+                                                                         abs=1e-3)
