@@ -29,6 +29,7 @@ from ..config import Settings
 from ..errors import BackendError, BadRequest, EngineNotReady
 from ..ls.annotations import SkipCounter, annotation_masks, choose_annotation
 from ..ls.label_config import ImageProjectConfig, parse_label_config
+from ..ls.video_config import is_video_config
 from ..store.annotations import AnnotationStore, StoredAnnotation
 from .executor import JobContext
 
@@ -108,6 +109,10 @@ def _label_config(trigger: TrainTrigger, deps: TrainDeps) -> ImageProjectConfig:
     if not xml:
         raise BadRequest(f"no label config is known for project {trigger.project}: connect the backend to the "
                          "project in Label Studio (or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY) and train again")
+    if is_video_config(xml):
+        raise BadRequest("fine-tuning learns from image annotations (brush, polygon, rectangle); this is a video "
+                         "project, whose tracks come from the base model: train an image project with frames of "
+                         "these videos to adapt the detector")
     return parse_label_config(xml)
 
 

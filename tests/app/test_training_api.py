@@ -231,3 +231,13 @@ def test_annotations_made_before_connecting_count_through_the_api(loaded_model, 
         assert job["result"]["data"]["images"] == len(shapes.examples) and job["result"]["data"]["skipped"] == {}
     finally:
         api.close()
+
+
+def test_start_training_on_a_video_project_fails_the_job_saying_why(make_app):
+    video = ('<View><Video name="video" value="$video"/><VideoRectangle name="box" toName="video"/>'
+             '<Labels name="videoLabels" toName="video"><Label value="car"/></Labels></View>')
+    client = make_app(**FAST).test_client()
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 31, "label_config": video}})
+    job = wait_job(client, r.json["job"])
+    assert job["state"] == "failed" and "learns from image annotations" in job["reason"], job
+    assert client.get("/versions").json["projects"] == {}
