@@ -6,8 +6,9 @@ encoder calls, media downloads) are read at scrape time by ``StatsCollector``, s
 source of truth for each number. ``/metrics`` serves the Prometheus text format and
 ``/metrics?format=json`` a JSON view of the same registry.
 
-With ``WORKERS`` > 1 every gunicorn worker has its own registry and a scrape sees one of them:
-run one worker per GPU (the default) or scrape the workers' ports separately.
+With ``WORKERS`` > 1 every gunicorn worker has its own registry and a scrape (one port for all)
+reaches one of them. One worker per GPU is the default, and each worker holds its own model, so
+the cache and engine numbers are per process anyway.
 """
 
 from __future__ import annotations
