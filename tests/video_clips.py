@@ -139,7 +139,8 @@ def set_display_matrix(path: Path, abcd: tuple[float, float, float, float], widt
     corners = [(a * p + c * q, b * p + d * q) for p in (0, width) for q in (0, height)]
     x, y = -min(u for u, _ in corners), -min(v for _, v in corners)
     one = 1 << 16
-    values = [round(a * one), round(b * one), 0, round(c * one), round(d * one), 0, round(x * one), round(y * one), 1 << 30]
+    values = [round(a * one), round(b * one), 0, round(c * one), round(d * one), 0,
+              round(x * one), round(y * one), 1 << 30]
     data[at : at + 36] = struct.pack(">9i", *values)
     path.write_bytes(bytes(data))
 

@@ -431,7 +431,8 @@ def test_phone_video_boxes_are_percent_of_the_displayed_frame(make_app, fake, tm
     prompt must land on the car in that frame and the answer must follow the car as displayed
     (it moves right in the coded frame, down on screen)."""
     path = tmp_path / "phone.mp4"
-    coded = make_clip(path, frames=12, width=96, height=64, shapes=[Shape((10, 40), (3, 0), (16, 12), (230, 30, 30))])[0]
+    car = Shape((10, 40), (3, 0), (16, 12), (230, 30, 30))  # moves right in the coded 96x64 frame
+    coded = make_clip(path, frames=12, width=96, height=64, shapes=[car])[0]
     set_display_matrix(path, (0, 1, -1, 0), 96, 64)
     fake.files["/data/upload/1/phone.mp4"] = path.read_bytes()
     shown = [displayed_box((0, 1, -1, 0), box, 96, 64) for box in coded]  # x0 y0 x1 y1 in the 64x96 picture

@@ -37,11 +37,17 @@ MATRICES = {  # (a, b, c, d): a coded pixel (p, q) is shown at (a*p + c*q, b*p +
     "antitransposed": (0, -1, -1, 0),
     "tilt30": (0.866, 0.5, -0.5, 0.866),  # not a quarter turn: Chromium shows it unrotated
 }
+MARK = Shape((0, 0), (0, 0), (24, 16), (250, 250, 250))  # white, in the coded top-left corner
 
 SHOW = """async (src) => {
-  const v = document.getElementById('v');
+  document.body.replaceChildren();  // a fresh element: the last clip's picture cannot linger
+  const v = document.createElement('video');
+  v.id = 'v'; v.muted = true;
+  document.body.appendChild(v);
+  const painted = new Promise(ok => v.requestVideoFrameCallback(ok));  // the first frame is on screen
   v.src = src;
   await new Promise((ok, bad) => { v.onloadeddata = ok; v.onerror = () => bad(String(v.error && v.error.message)); });
+  await painted;
   const c = document.createElement('canvas');
   c.width = v.videoWidth; c.height = v.videoHeight;
   const g = c.getContext('2d');
@@ -59,9 +65,9 @@ def _mark(rgb: np.ndarray) -> tuple[int, int, int, int]:
 def served(tmp_path_factory):
     """The clips over loopback HTTP (a file:// video would taint the canvas)."""
     folder = tmp_path_factory.mktemp("phone")
-    (folder / "page.html").write_text("<html><body style='margin:0'><video id=v muted></video></body></html>")
+    (folder / "page.html").write_text("<html><body style='margin:0'></body></html>")
     for name, abcd in MATRICES.items():
-        make_clip(folder / f"{name}.mp4", frames=4, width=W, height=H, shapes=[Shape((0, 0), (0, 0), (24, 16), (250, 250, 250))])
+        make_clip(folder / f"{name}.mp4", frames=4, width=W, height=H, shapes=[MARK])
         set_display_matrix(folder / f"{name}.mp4", abcd, W, H)
 
     class Quiet(SimpleHTTPRequestHandler):

@@ -341,5 +341,6 @@ def read_frames_reversed(
 
 
 __all__ = [
-    "MAX_CONSECUTIVE_DECODE_ERRORS", "display_orientation", "probe_video", "read_frames", "read_frames_reversed", "upright",
+    "MAX_CONSECUTIVE_DECODE_ERRORS", "display_orientation", "probe_video", "read_frames", "read_frames_reversed",
+    "upright",
 ]
