@@ -116,7 +116,13 @@ class VideoInfo:
     frames: number of video frames. times: (frames,) float64 presentation time of each frame in
     seconds from the first one, increasing (variable frame rate shows as uneven steps).
     keyframes: (frames,) bool, frames a decoder can start from. fps: mean frame rate.
-    duration: seconds, as a player reports it. width / height: the coded frame size in pixels.
+    duration: seconds, as a player reports it.
+
+    width / height: the DISPLAYED frame size in pixels, what a player (Label Studio's) shows and
+    what every box and percentage is relative to. A phone video stored sideways with a display
+    matrix has them swapped relative to the coded frames (``coded_size``). rotation: clockwise
+    degrees (0, 90, 180, 270) the player turns a coded frame to show it, then ``mirrored``: flipped
+    left-right after the turn. Decoded frames come out already turned (``engine.video.decode``).
     """
 
     frames: int
@@ -130,6 +136,13 @@ class VideoInfo:
     container: str
     variable_frame_rate: bool = False
     origin: float = 0.0  # the stream's timestamp of the first frame, seconds (decoders report raw ones)
+    rotation: int = 0
+    mirrored: bool = False
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(width, height) of the frames as stored, before the display rotation."""
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
 
     def index_at(self, seconds: float) -> int:
         """The frame presented nearest to ``seconds`` (clamped to the video): robust to

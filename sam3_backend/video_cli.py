@@ -4,7 +4,8 @@
     sam3-backend predict clip.mp4 --box 1,40,60,200,180 --box 30,300,20,360,90 --out out/
 
 ``--text`` tracks every object the phrase finds; each ``--box FRAME,X0,Y0,X1,Y1`` (1-based frame,
-pixels) is one object, tracked forwards and backwards from that box. Writes ``tracks.json`` (a Label Studio task with the
+pixels of the picture as players show it, upright for a phone video) is one object, tracked
+forwards and backwards from that box. Writes ``tracks.json`` (a Label Studio task with the
 tracks as a ``videorectangle`` prediction, importable as is; ``framerate`` is the video's
 unless ``--fps`` says what the project's ``<Video framerate>`` is) and a preview of what Label
 Studio will show: ``preview.mp4`` (H.264, the boxes interpolated from the keyframes) or, with

@@ -19,7 +19,7 @@ from helpers import TOKEN, png
 from sam3_backend.ls.video_config import parse_video_config
 from sam3_backend.ls.video_prompts import parse_video_context
 from sam3_backend.ls.video_results import interpolated_rect
-from video_clips import Shape, make_clip
+from video_clips import Shape, displayed_box, make_clip, set_display_matrix
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "payloads-video-1.23.2.json"
 VIDEO = json.loads(FIXTURE.read_text())
@@ -422,3 +422,67 @@ def test_stride_writes_keyframes_on_the_tracked_frames(make_app):
     # tracked source frames 0, 4, 8, ... (+ the keyframe on 20) are Label Studio frames 1, 5, 9, ...
     assert frames and all((f - 1) % 4 == 0 or f == 20 for f in frames), frames
     _check_region(region, 72, 3.0)
+
+
+def test_phone_video_boxes_are_percent_of_the_displayed_frame(make_app, fake, tmp_path):
+    """A video stored sideways (display matrix: turn 90 clockwise, as portrait phone videos are):
+    Label Studio shows it upright, 64x96, and the keyframe is drawn there. The tracker runs for
+    real with its masks pinned to where the red car is in the frame the model was given; the
+    prompt must land on the car in that frame and the answer must follow the car as displayed
+    (it moves right in the coded frame, down on screen)."""
+    path = tmp_path / "phone.mp4"
+    car = Shape((10, 40), (3, 0), (16, 12), (230, 30, 30))  # moves right in the coded 96x64 frame
+    coded = make_clip(path, frames=12, width=96, height=64, shapes=[car])[0]
+    set_display_matrix(path, (0, 1, -1, 0), 96, 64)
+    fake.files["/data/upload/1/phone.mp4"] = path.read_bytes()
+    shown = [displayed_box((0, 1, -1, 0), box, 96, 64) for box in coded]  # x0 y0 x1 y1 in the 64x96 picture
+    percent = [np.array([b[0] / 0.64, b[1] / 0.96, b[2] / 0.64, b[3] / 0.96]) for b in shown]
+
+    app = make_app(video_keyframe_tolerance=0.5)
+    engine = app.extensions["sam3"]["service"].video.engine()
+    n, size = engine.models.mask_size, engine.size
+    given = {}
+    prompts_on_the_car = []
+
+    def car_in(rgb):
+        ys, xs = np.nonzero((rgb[..., 0] > 150) & (rgb[..., 1] < 110) & (rgb[..., 2] < 110))
+        return xs.min(), ys.min(), xs.max() + 1.0, ys.max() + 1.0
+
+    original_pixels, original_forward = engine.pixels, engine.models.tracker.forward
+
+    def pixels(rgb):
+        given["rgb"] = rgb  # the (size, size, 3) frame the model sees next
+        return original_pixels(rgb)
+
+    def pinned(*args, **kwargs):
+        out = original_forward(*args, **kwargs)
+        state, index = kwargs["inference_session"], kwargs["frame_idx"]
+        x0, y0, x1, y1 = car_in(given["rgb"])
+        prompt = state.point_inputs_per_obj[0].get(index)
+        if prompt is not None:  # the keyframe, as SAM's corner points in the model's square frame
+            (px0, py0), (px1, py1) = prompt["point_coords"].reshape(2, 2).tolist()
+            prompts_on_the_car.append(np.allclose([px0, py0, px1, py1], [x0, y0, x1, y1], atol=2.5))
+        c = (torch.arange(n, dtype=torch.float32) + 0.5) * size / n  # cell centres in model pixels
+        dx, dy = torch.minimum(c - x0, x1 - c), torch.minimum(c - y0, y1 - c)
+        out.pred_masks = (torch.minimum(dy[:, None], dx[None, :]) * n / size)[None, None]
+        out.object_score_logits = torch.tensor([4.0])
+        return out
+
+    engine.pixels, engine.models.tracker.forward = pixels, pinned
+    x0, y0, x1, y1 = percent[0]
+    context = {"result": [{
+        "id": "phone1", "from_name": "box", "to_name": "video", "type": "videorectangle", "origin": "manual",
+        "value": {"framesCount": 12, "duration": 0.5, "labels": ["car"], "sequence": [
+            {"frame": 1, "enabled": True, "rotation": 0, "x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0,
+             "time": 1 / 24}]},
+    }]}
+    r = app.test_client().post("/predict", json=_interactive_body(context, url="/data/upload/1/phone.mp4"))
+    assert r.status_code == 200, r.json
+    [region] = r.json["results"][0]["result"]
+    _check_region(region, 12, 0.5)
+    assert prompts_on_the_car and all(prompts_on_the_car)  # seen when conditioning and again on frame 1
+    for frame in range(1, 13):
+        x, y, w, h = interpolated_rect(region["value"]["sequence"], frame)
+        got = np.array([x, y, x + w, y + h])
+        assert np.abs(got - percent[frame - 1]).max() <= 2.0, (frame, got, percent[frame - 1])
+    assert percent[11][1] - percent[0][1] > 30  # the car went down the displayed frame, not across

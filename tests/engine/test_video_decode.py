@@ -10,7 +10,7 @@ import pytest
 from sam3_backend.engine.video import decode
 from sam3_backend.engine.video.decode import probe_video, read_frames, read_frames_reversed
 from sam3_backend.errors import MediaUnavailable
-from video_clips import make_clip
+from video_clips import Shape, displayed_box, make_clip, set_display_matrix
 
 SIZE = 32  # decode straight to the model's square input; small for tests
 
@@ -154,3 +154,100 @@ def test_frame_indices_outside_the_video_are_a_programming_error(tmp_path):
     with pytest.raises(ValueError):
         list(read_frames(path, info, [5], SIZE))
     assert list(read_frames(path, info, [], SIZE)) == []
+
+
+# Display matrices (a, b, c, d) as phones and muxers write them: a coded pixel (p, q) is shown at
+# (a*p + c*q, b*p + d*q). With the (rotation, mirrored) probe_video must report. Where Chromium
+# 150 shows each was measured; tests/e2e/test_video_rotation_browser.py checks it live.
+ORIENTATIONS = {
+    "upright": ((1, 0, 0, 1), 0, False),
+    "turn 90 (portrait phone video)": ((0, 1, -1, 0), 90, False),
+    "turn 180 (upside down)": ((-1, 0, 0, -1), 180, False),
+    "turn 270": ((0, -1, 1, 0), 270, False),
+    "mirrored": ((-1, 0, 0, 1), 0, True),
+    "transposed": ((0, 1, 1, 0), 90, True),
+}
+W, H = 96, 64
+MARK = Shape((0, 0), (0, 0), (24, 16), (250, 250, 250))  # white, in the coded top-left corner
+CAR = Shape((30, 40), (3, 0), (16, 12), (230, 30, 30))  # red, moving right in the coded frame
+
+
+def _bright_box(rgb, channel=None):
+    """XYXY pixel box of the white mark (or of the pixels where ``channel`` dominates)."""
+    if channel is None:
+        mask = rgb.min(axis=2) > 200
+    else:
+        others = np.delete(rgb.astype(int), channel, axis=2).max(axis=2)
+        mask = (rgb[..., channel].astype(int) > 150) & (others < 110)
+    ys, xs = np.nonzero(mask)
+    return (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def _phone_clip(tmp_path, abcd, ext="mp4", frames=12):
+    path = tmp_path / f"phone.{ext}"
+    truth = make_clip(path, frames=frames, width=W, height=H, shapes=[MARK, CAR], gop=4)
+    set_display_matrix(path, abcd, W, H)
+    return path, truth
+
+
+@pytest.mark.parametrize("name", list(ORIENTATIONS))
+def test_phone_videos_decode_upright_as_players_show_them(tmp_path, name):
+    abcd, rotation, mirrored = ORIENTATIONS[name]
+    path, truth = _phone_clip(tmp_path, abcd)
+    info = probe_video(path)
+    turned = rotation in (90, 270)
+    assert (info.rotation, info.mirrored) == (rotation, mirrored)
+    assert (info.width, info.height) == ((H, W) if turned else (W, H))  # the displayed size
+    assert info.coded_size == (W, H) and info.frames == 12
+
+    # previews at the displayed size: the mark and the car where the spec puts them
+    frames = dict(read_frames(path, info, range(12), (info.width, info.height)))
+    assert frames[0].shape == (info.height, info.width, 3)
+    np.testing.assert_allclose(_bright_box(frames[0]), displayed_box(abcd, MARK.box(0), W, H), atol=1)
+    for index in (0, 5, 11):
+        np.testing.assert_allclose(_bright_box(frames[index], channel=0), displayed_box(abcd, truth[1][index], W, H),
+                                   atol=1.5, err_msg=f"frame {index}")
+
+    # the square model input: the same picture, scaled (forwards and backwards alike)
+    square = dict(read_frames(path, info, range(12), SIZE))
+    backwards = list(read_frames_reversed(path, info, range(12), SIZE, chunk=3))
+    assert [i for i, _ in backwards] == list(range(11, -1, -1))
+    for index, rgb in backwards:
+        assert rgb.shape == (SIZE, SIZE, 3) and rgb.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(rgb, square[index])
+        x0, y0, x1, y1 = displayed_box(abcd, truth[1][index], W, H)
+        cx, cy = int((x0 + x1) / 2 / info.width * SIZE), int((y0 + y1) / 2 / info.height * SIZE)
+        r, g, b = rgb[cy, cx].astype(int)
+        assert r > 150 and g < 110, (index, rgb[cy, cx])
+
+
+def test_a_quarter_turn_is_clockwise_like_the_player(tmp_path):
+    """The sign is easy to get backwards: FFmpeg (PyAV's ``VideoFrame.rotation``) reads the
+    portrait-phone matrix as -90 (counter-clockwise degrees), players turn it 90 clockwise: the
+    coded top-left corner is shown top-right (Chromium 150, measured)."""
+    path, _ = _phone_clip(tmp_path, ORIENTATIONS["turn 90 (portrait phone video)"][0], frames=2)
+    with av.open(str(path)) as container:
+        assert next(container.decode(video=0)).rotation == -90
+    info = probe_video(path)
+    (_, rgb), = read_frames(path, info, [0], (info.width, info.height))
+    x0, y0, x1, y1 = _bright_box(rgb)
+    assert rgb.shape == (96, 64, 3) and x0 >= 40 and x1 == 64 and y0 == 0 and y1 <= 26  # top right
+
+    path, _ = _phone_clip(tmp_path, ORIENTATIONS["turn 270"][0], frames=2)
+    info = probe_video(path)
+    (_, rgb), = read_frames(path, info, [0], (info.width, info.height))
+    x0, y0, x1, y1 = _bright_box(rgb)
+    assert info.rotation == 270 and x0 == 0 and x1 <= 26 and y0 >= 70 and y1 == 96  # bottom left
+
+
+def test_a_display_matrix_that_is_not_a_quarter_turn_is_shown_unrotated(tmp_path, caplog):
+    """Chromium plays 30, 45, 89.99 degree matrices unrotated (measured): so does the tracker,
+    with a warning, rather than round to a turn the user never sees."""
+    c, s = np.cos(np.radians(89.99)), np.sin(np.radians(89.99))
+    path, _ = _phone_clip(tmp_path, (c, s, -s, c), frames=2)
+    with caplog.at_level("WARNING"):
+        info = probe_video(path)
+    assert (info.rotation, info.mirrored, info.width, info.height) == (0, False, W, H)
+    assert "not a quarter turn" in caplog.text
+    (_, rgb), = read_frames(path, info, [0], (W, H))
+    assert _bright_box(rgb) == (0, 0, 24, 16)

@@ -8,8 +8,16 @@ straight to ``size`` x ``size`` RGB (the square SAM 3 input), so a 4K frame neve
 full-size RGB array. ``read_frames_reversed`` walks backwards one keyframe-aligned chunk at a time
 (at most ``chunk`` frames held), for tracking towards the start of a clip.
 
+Display rotation: phone videos are often stored sideways with a display matrix (ISO-BMFF ``tkhd``,
+FFmpeg's display-matrix side data) telling players to turn them. Label Studio's player (Chromium)
+shows them turned, and the boxes users draw are percentages of that upright picture, so every frame
+handed out here is turned the same way (after scaling, on the small array) and ``VideoInfo``
+reports the displayed size. Like Chromium, only exact quarter turns (and their mirror images) are
+honoured; any other matrix is shown unrotated by Chromium and so decoded unrotated here, with a
+warning (measured with Chromium 150: 30, 45, 89.99 and 135 degrees play unrotated).
+
 Errors are ``MediaUnavailable`` with a sentence a user can act on: not a video, an image, no
-video stream, a codec this FFmpeg cannot decode, zero frames, too many pixels, rotated video.
+video stream, a codec this FFmpeg cannot decode, zero frames, too many pixels.
 A decode error in the middle of a stream (a truncated or damaged file) ends the stream there
 with a warning: the frames before it are still tracked.
 
@@ -19,6 +27,7 @@ Containers: whatever the bundled FFmpeg reads (mp4, mov, webm, mkv, avi, ...).
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -104,16 +113,16 @@ def probe_video(path: str | Path, *, max_pixels: int = 8192 * 4320) -> VideoInfo
                 f"{name} is {width}x{height} ({width * height / 1e6:.1f} megapixels per frame), above the limit of "
                 f"{max_pixels / 1e6:.1f} megapixels (SAM3_VIDEO_MAX_PIXELS); downscale it"
             )
-        rotation = _first_frame_rotation(container, stream)
+        rotation, mirrored = _first_frame_orientation(container, stream, path.name)
         average_rate = float(stream.average_rate or 0) or 25.0
         base = float(stream.time_base) if stream.time_base else None
     finally:
         container.close()
-    if rotation:
-        raise MediaUnavailable(
-            f"{name} is stored rotated by {rotation:g} degrees (phone video metadata); players rotate it, the "
-            "tracker would not: re-encode it upright (e.g. ffmpeg -i in.mp4 out.mp4 applies the rotation)"
-        )
+    if rotation in (90, 270):
+        width, height = height, width  # the displayed size
+    if rotation or mirrored:
+        log.debug("video %s: displayed turned %d degrees clockwise%s; decoded frames are turned alike",
+                  path.name, rotation, " and mirrored" if mirrored else "")
 
     pts: list[int] = []
     keys: list[bool] = []
@@ -152,27 +161,78 @@ def probe_video(path: str | Path, *, max_pixels: int = 8192 * 4320) -> VideoInfo
     fps = len(times) / duration
     return VideoInfo(
         frames=len(times), times=times, keyframes=keyframes, fps=fps, duration=duration, width=width,
-        height=height, codec=codec, container=fmt, variable_frame_rate=vfr, origin=origin,
+        height=height, codec=codec, container=fmt, variable_frame_rate=vfr, origin=origin, rotation=rotation,
+        mirrored=mirrored,
     )
 
 
-def _first_frame_rotation(container, stream) -> float:
-    """Decode the first frame (proves the codec works) and return its display rotation."""
+def _first_frame_orientation(container, stream, name: str) -> tuple[int, bool]:
+    """Decode the first frame (proves the codec works) and return how a player orients it."""
     import av
 
     try:
         for frame in container.decode(stream):
-            return float(getattr(frame, "rotation", 0) or 0)
+            return display_orientation(_display_matrix(frame), name)
     except av.FFmpegError as exc:
         raise MediaUnavailable(f"the task's video cannot be decoded: {_short(exc)}") from exc
     raise MediaUnavailable("the task's video has no decodable frame")
 
 
-def _to_rgb(frame, size: int | tuple[int, int]) -> np.ndarray:
-    """A decoded frame as (h, w, 3) uint8 RGB, ``size`` = side of a square or (w, h): FFmpeg's
-    bilinear scaler, no full-size copy."""
+def _display_matrix(frame) -> tuple[int, ...] | None:
+    """The frame's 3x3 display matrix (FFmpeg's side data, the container's ``tkhd`` matrix:
+    a, b, u, c, d, v, x, y, w in 16.16 / 2.30 fixed point), or None."""
+    from av.sidedata.sidedata import Type
+
+    data = frame.side_data.get(Type.DISPLAYMATRIX)
+    if data is None or data.buffer_size != 36:
+        return None
+    return struct.unpack("=9i", bytes(data))
+
+
+def display_orientation(matrix: Sequence[int] | None, name: str = "video") -> tuple[int, bool]:
+    """(clockwise degrees, mirrored) that a player applies to a coded frame to show it.
+
+    ``matrix`` maps a coded pixel (p, q) to the displayed (a*p + c*q, b*p + d*q) (ISO-BMFF,
+    y down). It is read as a turn by ``rotation`` degrees clockwise, then (``mirrored``) a flip
+    left-right, which is how Chromium applies it. Only signed permutations (quarter turns, flips)
+    count, as in Chromium; anything else is shown unrotated there, so it is returned as (0, False)
+    with a warning rather than rounded to a quarter turn the player does not show.
+    """
+    if matrix is None:
+        return 0, False
+    a, b, _, c, d = (int(v) for v in matrix[:5])
+    if not ((b == c == 0 and a != 0 and abs(a) == abs(d)) or (a == d == 0 and b != 0 and abs(b) == abs(c))):
+        log.warning("video %s: its display matrix %s is not a quarter turn; players (Chromium) show it unrotated, "
+                    "and so does the tracker", name, [a, b, c, d])
+        return 0, False
+    mirrored = a * d - b * c < 0
+    cos, sin = (-a if mirrored else a), b  # the turn alone: [[cos, sin], [-sin, cos]]
+    rotation = {(1, 0): 0, (0, 1): 90, (-1, 0): 180, (0, -1): 270}[(_sign(cos), _sign(sin))]
+    return rotation, mirrored
+
+
+def _sign(v: int) -> int:
+    return (v > 0) - (v < 0)
+
+
+def _to_rgb(frame, size: int | tuple[int, int], info: VideoInfo) -> np.ndarray:
+    """A decoded frame as upright (h, w, 3) uint8 RGB, ``size`` = side of a square or the displayed
+    (w, h): FFmpeg's bilinear scaler to the coded orientation (no full-size copy), then turned."""
     width, height = (size, size) if isinstance(size, int) else size
-    return frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
+    if info.rotation in (90, 270):
+        width, height = height, width
+    rgb = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="BILINEAR")
+    return upright(rgb, info.rotation, info.mirrored)
+
+
+def upright(rgb: np.ndarray, rotation: int, mirrored: bool = False) -> np.ndarray:
+    """``rgb`` (h, w, C) as displayed: turned ``rotation`` degrees clockwise, then flipped
+    left-right if ``mirrored``. A contiguous copy only when it changes."""
+    if rotation:
+        rgb = np.rot90(rgb, k=-(rotation // 90))  # np.rot90 turns counter-clockwise for k > 0
+    if mirrored:
+        rgb = rgb[:, ::-1]
+    return np.ascontiguousarray(rgb)
 
 
 def _decode_from(container, stream, info: VideoInfo, start: int) -> Iterator[tuple[int, object]]:
@@ -228,7 +288,7 @@ def read_frames(
     path: str | Path, info: VideoInfo, indices: Sequence[int], size: int | tuple[int, int]
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, rgb)`` for the wanted frame ``indices`` (ascending), rgb (size, size, 3)
-    uint8 (or (h, w, 3) for ``size=(w, h)``, e.g. previews).
+    uint8 (or (h, w, 3) for ``size=(w, h)``, e.g. previews), upright as a player shows it.
 
     One frame is converted and held at a time; frames in between are decoded (codecs need them)
     but never converted. Missing frames (a damaged stream) are skipped.
@@ -249,7 +309,7 @@ def read_frames(
             if position == len(wanted):
                 return
             if index == wanted[position]:
-                yield index, _to_rgb(frame, size)
+                yield index, _to_rgb(frame, size, info)
                 position += 1
                 if position == len(wanted):
                     return
@@ -280,4 +340,7 @@ def read_frames_reversed(
         wanted = [i for i in wanted if i not in taken]
 
 
-__all__ = ["MAX_CONSECUTIVE_DECODE_ERRORS", "probe_video", "read_frames", "read_frames_reversed"]
+__all__ = [
+    "MAX_CONSECUTIVE_DECODE_ERRORS", "display_orientation", "probe_video", "read_frames", "read_frames_reversed",
+    "upright",
+]

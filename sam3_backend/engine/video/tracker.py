@@ -16,7 +16,8 @@ resume later from the same session. The engine holds no per-video state.
 Each frame takes the model through the shared ``ModelScheduler`` for exactly that frame (priority
 per frame from the caller, so an interactive track can drop to background once answered).
 Boxes come from the low-resolution masks (``boxes.boxes_from_logits``), never from upsampled
-ones. Coordinates out: XYXY pixels of the video frame (``VideoInfo.width`` x ``height``).
+ones. Coordinates in and out: XYXY pixels of the displayed (upright) video frame
+(``VideoInfo.width`` x ``height``; ``decode`` hands out frames already turned by the display matrix).
 """
 
 from __future__ import annotations
