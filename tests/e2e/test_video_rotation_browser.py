@@ -99,15 +99,24 @@ def test_decoded_frames_match_what_chromium_shows(served, page, name):
     folder, url = served
     page.goto(f"{url}/page.html")
     shown = page.evaluate(SHOW, f"{url}/{name}.mp4")
-    screenshot = folder / f"{name}.png"
-    page.locator("#v").screenshot(path=str(screenshot))
-    from PIL import Image
-
-    on_screen = np.asarray(Image.open(screenshot).convert("RGB"))
     drawn = np.asarray(shown["pixels"], np.uint8).reshape(shown["height"], shown["width"], 4)
-
     info = probe_video(folder / f"{name}.mp4")
     (_, ours), = read_frames(folder / f"{name}.mp4", info, [0], (info.width, info.height))
-    assert (info.width, info.height) == (shown["width"], shown["height"]) == on_screen.shape[1::-1]
-    np.testing.assert_allclose(_mark(ours), _mark(on_screen), atol=1, err_msg=f"{name}: on screen")
+    assert (info.width, info.height) == (shown["width"], shown["height"])
     np.testing.assert_allclose(_mark(ours), _mark(drawn), atol=1, err_msg=f"{name}: drawn on a canvas")
+
+    # On screen too. The compositor may still show the previous paint when the screenshot is
+    # taken (seen once in a dozen runs), so a mismatch is looked at again before it counts.
+    from PIL import Image
+
+    screenshot = folder / f"{name}.png"
+    for _ in range(4):
+        page.locator("#v").screenshot(path=str(screenshot))
+        on_screen = np.asarray(Image.open(screenshot).convert("RGB"))
+        white = on_screen.min(axis=2) > 200
+        if on_screen.shape[1::-1] == (info.width, info.height) and white.any() and np.allclose(
+                _mark(ours), _mark(on_screen), atol=1):
+            break
+        page.wait_for_timeout(250)
+    assert on_screen.shape[1::-1] == (info.width, info.height), f"{name}: on screen {on_screen.shape}"
+    np.testing.assert_allclose(_mark(ours), _mark(on_screen), atol=1, err_msg=f"{name}: on screen")
