@@ -49,6 +49,7 @@ class JobContext:
         self._poll_seconds = poll_seconds
         self._checked_at = 0.0
         self._cancelled = False
+        self._last_push = None
 
     def progress(self, *, done: int | None = None, total: int | None = None, failed: int | None = None,
                  **extra: Any) -> None:
@@ -323,9 +324,21 @@ class _RemoteContext:
         self._poll_seconds = poll_seconds
         self._checked_at = 0.0
         self._cancelled = False
+        self._last_push = None
 
     def progress(self, *, done=None, total=None, failed=None, **extra) -> None:
-        self._relay.push.remote(dict(done=done, total=total, failed=failed, **extra))
+        self._last_push = self._relay.push.remote(dict(done=done, total=total, failed=failed, **extra))
+
+    def flush(self) -> None:
+        """Wait until the relay has every update. Pushes are asynchronous and the driver drains
+        the relay once it sees the task end, so without this the last updates could arrive after
+        that final drain and be lost (a done job showing done=0). One caller's calls to an actor
+        run in order, so waiting for the last push covers the earlier ones."""
+        import ray
+
+        if self._last_push is not None:
+            ray.get(self._last_push)
+            self._last_push = None
 
     def cancelled(self) -> bool:
         import ray
@@ -344,7 +357,11 @@ class _RemoteContext:
 
 
 def _remote_entry(fn: JobFn, job: Job, relay) -> dict:
-    return fn(_RemoteContext(job, relay))
+    ctx = _RemoteContext(job, relay)
+    try:
+        return fn(ctx)
+    finally:
+        ctx.flush()
 
 
 __all__ = ["InProcessExecutor", "JobCancelled", "JobContext", "JobFn", "RayExecutor", "run_job"]
