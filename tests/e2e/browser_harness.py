@@ -82,11 +82,15 @@ class Browser:
         self.browser = None
         self.storage_state: dict | None = None
 
-    def start(self) -> "Browser":
-        from playwright.sync_api import sync_playwright
+    def start(self, playwright=None) -> "Browser":
+        """``playwright``: the session's driver (one sync Playwright per thread can run); None
+        starts one that ``stop`` ends."""
+        if playwright is None:
+            from playwright.sync_api import sync_playwright
 
-        self._pw = sync_playwright().start()
-        self.browser = self._pw.chromium.launch(executable_path=str(self.exe), headless=True, args=list(CHROMIUM_ARGS))
+            self._pw = playwright = sync_playwright().start()
+        self.browser = playwright.chromium.launch(executable_path=str(self.exe), headless=True,
+                                                  args=list(CHROMIUM_ARGS))
         self.storage_state = self._login()
         return self
 

@@ -297,11 +297,24 @@ def browser_artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def browser(chromium_exe, label_studio, browser_artifacts):
+def playwright_driver():
+    """The session's one sync Playwright: a second one in the same thread refuses to start
+    ("Sync API inside the asyncio loop"), so every browser test launches through this one."""
+    from playwright.sync_api import sync_playwright
+
+    driver = sync_playwright().start()
+    try:
+        yield driver
+    finally:
+        driver.stop()
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_exe, label_studio, browser_artifacts, playwright_driver):
     b = bh.Browser(chromium_exe, label_studio.url, label_studio.username, label_studio.password)
     try:
         with phase("browser: launch chromium, log in"):
-            b.start()
+            b.start(playwright_driver)
         yield b
     finally:
         b.stop()

@@ -193,8 +193,10 @@ def test_retrieve_predictions_on_a_large_selection_answers_part_and_a_job_writes
         assert finished and later and len(finished) + len(later) == N_IMAGES, (len(finished), len(later))
         assert predicts[0].seconds < DEADLINE + 10
 
-        stored_now = _predictions(ls, project)
-        assert sorted(stored_now) == sorted(finished)  # Label Studio stored exactly the finished ones
+        # Label Studio stored the finished ones and nothing for the rest, which the hand-off job may
+        # already be writing (each task exactly once: checked below, once the job is done)
+        stored_now = set(_predictions(ls, project))
+        assert set(finished) <= stored_now <= set(finished) | set(later), (sorted(stored_now), sorted(finished))
         jobs = requests.get(f"{bulk_backend.url}/jobs", params={"project": project}, timeout=10).json()["jobs"]
         assert len(jobs) == 1 and sorted(jobs[0]["params"]["task_ids"]) == sorted(later), jobs
         job = _wait_job(bulk_backend, jobs[0]["id"])

@@ -81,17 +81,15 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(chromium_exe):
-    from playwright.sync_api import sync_playwright
-
+def page(chromium_exe, playwright_driver):
     from browser_harness import CHROMIUM_ARGS
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(chromium_exe), headless=True, args=list(CHROMIUM_ARGS))
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
+    browser = playwright_driver.chromium.launch(executable_path=str(chromium_exe), headless=True,
+                                                args=list(CHROMIUM_ARGS))
+    try:
+        yield browser.new_page()
+    finally:
+        browser.close()
 
 
 @pytest.mark.parametrize("name", list(MATRICES))
